@@ -1,0 +1,24 @@
+//! Shared plumbing of every Fleetwatch service: layered config, logs/traces/
+//! metrics, the admin server (`/metrics`, `/healthz`, `/readyz`) and shutdown.
+
+pub mod admin;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::{AdminConfig, Readiness};
+pub use config::{ConfigError, load_config};
+pub use shutdown::{Shutdown, shutdown_on_signal};
+pub use telemetry::{LogConfig, LogFormat, TelemetryGuard};
+
+/// Exit code for a configuration error (EX_USAGE), so orchestration can tell a
+/// bad deployment from a crash.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Microseconds since the Unix epoch, the time unit of every v1 contract.
+pub fn now_unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

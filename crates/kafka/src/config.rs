@@ -1,0 +1,233 @@
+//! Connection and tuning settings, shared by every service's `[kafka]` section.
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of any Kafka-protocol broker.
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties passed through verbatim, e.g.
+    /// `security.protocol`, `sasl.mechanism`. Values are never logged.
+    pub properties: BTreeMap<String, String>,
+    pub producer: ProducerConfig,
+    pub consumer: ConsumerConfig,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            properties: BTreeMap::new(),
+            producer: ProducerConfig::default(),
+            consumer: ConsumerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// How long records wait to be batched (`linger.ms`).
+    pub linger_ms: u32,
+    /// Max bytes per partition batch (`batch.size`).
+    pub batch_size: u32,
+    /// Local queue bound (`queue.buffering.max.messages`); beyond it sends are
+    /// refused with back-pressure instead of blocking.
+    pub queue_max_messages: u32,
+    /// Local queue bound in KiB (`queue.buffering.max.kbytes`).
+    pub queue_max_kbytes: u32,
+    /// A record not acknowledged within this time fails (`message.timeout.ms`);
+    /// ingest turns that into 503 for the vehicle.
+    pub delivery_timeout_ms: u32,
+    /// Largest record accepted (`message.max.bytes`).
+    pub max_message_bytes: u32,
+    /// `none`, `lz4`, `zstd`, `snappy` or `gzip`.
+    pub compression: String,
+    /// Idempotent producer (no duplicates from internal retries).
+    pub idempotence: bool,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger_ms: 5,
+            batch_size: 1_000_000,
+            queue_max_messages: 100_000,
+            queue_max_kbytes: 256 * 1024,
+            delivery_timeout_ms: 10_000,
+            max_message_bytes: 4 * 1024 * 1024,
+            compression: "lz4".into(),
+            idempotence: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Consumer group; every replica of a service shares it.
+    pub group_id: String,
+    /// Also the rebalance timeout: a new group member joins only after it on
+    /// some brokers, so tests lower it (`max.poll.interval.ms`).
+    pub max_poll_interval_ms: u32,
+    /// `session.timeout.ms`; must not exceed `max_poll_interval_ms`.
+    pub session_timeout_ms: u32,
+    /// `heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u32,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// Records handed to the handler at once.
+    pub batch_max_records: usize,
+    /// How long to wait filling a batch once its first record arrived.
+    pub batch_max_wait_ms: u64,
+    /// First and largest backoff between retries of a transient failure.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// How often stored offsets are committed (`auto.commit.interval.ms`).
+    pub commit_interval_ms: u32,
+    /// How often lag metrics are refreshed (`statistics.interval.ms`).
+    pub stats_interval_ms: u32,
+    /// `fetch.max.bytes` / `max.partition.fetch.bytes`.
+    pub fetch_max_bytes: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            group_id: String::new(),
+            max_poll_interval_ms: 300_000,
+            session_timeout_ms: 30_000,
+            heartbeat_interval_ms: 3_000,
+            auto_offset_reset: "earliest".into(),
+            batch_max_records: 500,
+            batch_max_wait_ms: 20,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            commit_interval_ms: 1_000,
+            stats_interval_ms: 5_000,
+            fetch_max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Problems a service should report at start, before connecting.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.bootstrap_servers.trim().is_empty() {
+            errs.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        let c = &self.consumer;
+        if c.session_timeout_ms > c.max_poll_interval_ms {
+            errs.push(format!(
+                "kafka.consumer.session_timeout_ms ({}) must not exceed kafka.consumer.max_poll_interval_ms ({})",
+                c.session_timeout_ms, c.max_poll_interval_ms
+            ));
+        }
+        if !matches!(c.auto_offset_reset.as_str(), "earliest" | "latest") {
+            errs.push("kafka.consumer.auto_offset_reset: must be `earliest` or `latest`".into());
+        }
+        if c.batch_max_records == 0 {
+            errs.push("kafka.consumer.batch_max_records: must be at least 1".into());
+        }
+        if !matches!(self.producer.compression.as_str(), "none" | "lz4" | "zstd" | "snappy" | "gzip") {
+            errs.push("kafka.producer.compression: must be one of none, lz4, zstd, snappy, gzip".into());
+        }
+        errs
+    }
+
+    pub(crate) fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub(crate) fn producer_client_config(&self, client_id: &str) -> ClientConfig {
+        let p = &self.producer;
+        let mut c = self.base();
+        c.set("client.id", client_id)
+            .set("acks", "all")
+            .set("enable.idempotence", p.idempotence.to_string())
+            .set("linger.ms", p.linger_ms.to_string())
+            .set("batch.size", p.batch_size.to_string())
+            .set("queue.buffering.max.messages", p.queue_max_messages.to_string())
+            .set("queue.buffering.max.kbytes", p.queue_max_kbytes.to_string())
+            .set("message.timeout.ms", p.delivery_timeout_ms.to_string())
+            .set("message.max.bytes", p.max_message_bytes.to_string())
+            .set("compression.type", &p.compression);
+        c
+    }
+
+    pub(crate) fn consumer_client_config(&self, client_id: &str) -> ClientConfig {
+        let k = &self.consumer;
+        let mut c = self.base();
+        c.set("client.id", client_id)
+            .set("group.id", &k.group_id)
+            // Offsets are stored by hand after the effect is durable, and the
+            // stored ones committed in the background.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", k.commit_interval_ms.to_string())
+            .set("auto.offset.reset", &k.auto_offset_reset)
+            .set("max.poll.interval.ms", k.max_poll_interval_ms.to_string())
+            .set("session.timeout.ms", k.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", k.heartbeat_interval_ms.to_string())
+            .set("statistics.interval.ms", k.stats_interval_ms.to_string())
+            .set("fetch.max.bytes", k.fetch_max_bytes.to_string())
+            .set("max.partition.fetch.bytes", k.fetch_max_bytes.to_string())
+            .set("enable.partition.eof", "false");
+        c
+    }
+}
+
+/// Topic names a service uses; tests give each run its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicNames {
+    pub telemetry: String,
+    pub frames: String,
+    pub detections: String,
+    pub incidents: String,
+    pub commands: String,
+    pub command_status: String,
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        use fleetwatch_proto::topics;
+        Self {
+            telemetry: topics::TELEMETRY.into(),
+            frames: topics::FRAMES.into(),
+            detections: topics::DETECTIONS.into(),
+            incidents: topics::INCIDENTS.into(),
+            commands: topics::COMMANDS.into(),
+            command_status: topics::COMMAND_STATUS.into(),
+        }
+    }
+}
+
+impl TopicNames {
+    /// Every topic with a suffix, e.g. `fleet.telemetry.v1.t1a2b`.
+    pub fn with_suffix(suffix: &str) -> Self {
+        let d = Self::default();
+        Self {
+            telemetry: format!("{}.{suffix}", d.telemetry),
+            frames: format!("{}.{suffix}", d.frames),
+            detections: format!("{}.{suffix}", d.detections),
+            incidents: format!("{}.{suffix}", d.incidents),
+            commands: format!("{}.{suffix}", d.commands),
+            command_status: format!("{}.{suffix}", d.command_status),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 6] {
+        [&self.telemetry, &self.frames, &self.detections, &self.incidents, &self.commands, &self.command_status]
+    }
+}
