@@ -92,3 +92,26 @@ pub async fn serve(
     });
     Ok((addr, handle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_ready_and_metrics() {
+        let readiness = Readiness::default();
+        let shutdown = Shutdown::new();
+        let cfg = AdminConfig { listen: "127.0.0.1:0".parse().unwrap() };
+        let (addr, handle) = serve(&cfg, readiness.clone(), shutdown.clone()).await.unwrap();
+        let base = format!("http://{addr}");
+        let get = |p: &str| reqwest::get(format!("{base}{p}"));
+        assert_eq!(get("/healthz").await.unwrap().status(), 200);
+        assert_eq!(get("/readyz").await.unwrap().status(), 503);
+        readiness.set(true);
+        assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        let m = get("/metrics").await.unwrap();
+        assert_eq!(m.status(), 200);
+        shutdown.cancel();
+        handle.await.unwrap();
+    }
+}
