@@ -1,0 +1,156 @@
+//! A whole Fleetwatch stack for end-to-end tests: the real `fleetwatch-ingest`
+//! and `fleetwatch-persistence` binaries on free ports, a fresh database,
+//! fresh topics and a temporary object store, on the shared (or an owned)
+//! broker.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use fleetwatch_kafka::TopicNames;
+use fleetwatch_testkit::{self as tk, ServiceProcess, TestDb};
+
+pub struct Stack {
+    pub db: TestDb,
+    pub bootstrap: String,
+    pub topics: TopicNames,
+    pub objects: tempfile::TempDir,
+    /// MQTT topic prefix of this stack, so parallel tests do not cross-talk.
+    pub mqtt_prefix: String,
+    pub ingest_http: u16,
+    pub ingest_grpc: u16,
+    pub ingest_admin: u16,
+    pub persistence_grpc: u16,
+    pub persistence_admin: u16,
+    pub ingest: Option<ServiceProcess>,
+    pub persistence: Option<ServiceProcess>,
+}
+
+impl Stack {
+    /// A stack on `bootstrap`; services are not started yet.
+    pub async fn new(bootstrap: &str) -> Self {
+        let db = TestDb::new().await;
+        let topics = tk::fresh_topics(bootstrap, 3).await;
+        Self {
+            db,
+            bootstrap: bootstrap.to_string(),
+            topics,
+            objects: tempfile::tempdir().unwrap(),
+            mqtt_prefix: tk::unique_suffix(),
+            ingest_http: tk::free_port(),
+            ingest_grpc: tk::free_port(),
+            ingest_admin: tk::free_port(),
+            persistence_grpc: tk::free_port(),
+            persistence_admin: tk::free_port(),
+            ingest: None,
+            persistence: None,
+        }
+    }
+
+    /// Starts both services and waits until they are ready.
+    pub async fn start(bootstrap: &str) -> Self {
+        let mut s = Self::new(bootstrap).await;
+        s.start_persistence().await;
+        s.start_ingest().await;
+        s
+    }
+
+    fn common_env(&self, service: &str) -> Vec<(String, String)> {
+        let p = format!("FLEETWATCH_{}__", service.to_uppercase());
+        let t = &self.topics;
+        let mut env = vec![
+            ("KAFKA__BOOTSTRAP_SERVERS", self.bootstrap.clone()),
+            ("KAFKA__CONSUMER__MAX_POLL_INTERVAL_MS", "6000".into()),
+            ("KAFKA__CONSUMER__SESSION_TIMEOUT_MS", "6000".into()),
+            ("KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS", "500".into()),
+            ("KAFKA__CONSUMER__COMMIT_INTERVAL_MS", "200".into()),
+            ("KAFKA__PRODUCER__LINGER_MS", "1".into()),
+            ("KAFKA__PRODUCER__DELIVERY_TIMEOUT_MS", "3000".into()),
+            ("TOPICS__TELEMETRY", t.telemetry.clone()),
+            ("TOPICS__FRAMES", t.frames.clone()),
+            ("TOPICS__DETECTIONS", t.detections.clone()),
+            ("TOPICS__INCIDENTS", t.incidents.clone()),
+            ("TOPICS__COMMANDS", t.commands.clone()),
+            ("TOPICS__COMMAND_STATUS", t.command_status.clone()),
+            ("DATABASE__URL", self.db.url.clone()),
+            ("LOG__LEVEL", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{p}{k}"), v))
+        .collect::<Vec<_>>();
+        env.push(("RUST_LOG".into(), "info".into()));
+        env
+    }
+
+    pub async fn start_persistence(&mut self) {
+        let mut env = self.common_env("persistence");
+        let p = "FLEETWATCH_PERSISTENCE__";
+        env.extend([
+            (format!("{p}GRPC__LISTEN"), format!("127.0.0.1:{}", self.persistence_grpc)),
+            (format!("{p}ADMIN__LISTEN"), format!("127.0.0.1:{}", self.persistence_admin)),
+            (format!("{p}OBJECT_STORE__URL"), format!("file://{}", self.objects.path().display())),
+            (format!("{p}WRITER__GROUP_PREFIX"), format!("persistence-{}", tk::unique_suffix())),
+        ]);
+        self.persistence = Some(ServiceProcess::spawn("fleetwatch-persistence", &env));
+        wait_ready(self.persistence_admin).await;
+    }
+
+    pub async fn start_ingest(&mut self) {
+        let mut env = self.common_env("ingest");
+        let p = "FLEETWATCH_INGEST__";
+        let (mh, mp) = tk::mqtt_addr();
+        let pre = &self.mqtt_prefix;
+        env.extend([
+            (format!("{p}HTTP__LISTEN"), format!("127.0.0.1:{}", self.ingest_http)),
+            (format!("{p}GRPC__LISTEN"), format!("127.0.0.1:{}", self.ingest_grpc)),
+            (format!("{p}ADMIN__LISTEN"), format!("127.0.0.1:{}", self.ingest_admin)),
+            (format!("{p}PERSISTENCE__GRPC_URL"), format!("http://127.0.0.1:{}", self.persistence_grpc)),
+            (format!("{p}MQTT__HOST"), mh),
+            (format!("{p}MQTT__PORT"), mp.to_string()),
+            (format!("{p}MQTT__CLIENT_ID"), format!("ingest-{pre}")),
+            (format!("{p}MQTT__TELEMETRY_FILTERS"), format!("[\"{pre}/fleet/+/telemetry\"]")),
+            (format!("{p}MQTT__DETECTION_FILTERS"), format!("[\"{pre}/fleet/+/detections\"]")),
+        ]);
+        self.ingest = Some(ServiceProcess::spawn("fleetwatch-ingest", &env));
+        wait_ready(self.ingest_admin).await;
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ingest_http)
+    }
+
+    pub async fn add_vehicle(&self, id: &str) -> String {
+        fleetwatch_db::add_vehicle(&self.db.pool, id, "drone", None).await.unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.unwrap()
+    }
+
+    /// Waits until `sql` (a count) returns `expected`, then checks it stays
+    /// there for a moment (no late duplicates).
+    pub async fn wait_count(&self, sql: &str, expected: i64, timeout: Duration) {
+        let pool = self.db.pool.clone();
+        tk::wait_for(&format!("{sql} = {expected}"), timeout, || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.ok()?;
+                assert!(n <= expected, "{sql} returned {n}, more than {expected}: duplicates");
+                (n == expected).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Waits until the admin server's `/readyz` answers 200.
+pub async fn wait_ready(admin_port: u16) {
+    let url = format!("http://127.0.0.1:{admin_port}/readyz");
+    tk::wait_for(&format!("{url} to be ready"), Duration::from_secs(60), || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(&url).await.ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await;
+}
