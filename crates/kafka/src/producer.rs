@@ -51,7 +51,8 @@ pub struct OutRecord<'a> {
     pub message_type: &'a str,
     /// W3C trace context to carry; `None` takes the current span's.
     pub traceparent: Option<&'a str>,
-    /// Further headers (e.g. the DLQ's provenance).
+    /// Further headers (e.g. the DLQ's provenance). A `content-type` here
+    /// replaces the default `application/x-protobuf`.
     pub extra_headers: &'a [(&'a str, &'a [u8])],
 }
 
@@ -92,9 +93,14 @@ impl Producer {
             None
         };
         let traceparent = record.traceparent.or(current.as_deref());
-        let mut hdrs = OwnedHeaders::new_with_capacity(3 + record.extra_headers.len())
-            .insert(Header { key: headers::CONTENT_TYPE, value: Some(headers::PROTOBUF) })
-            .insert(Header { key: headers::MESSAGE_TYPE, value: Some(record.message_type) });
+        // A content-type among the extra headers replaces the protobuf default
+        // (e.g. a dead-lettered raw JSON payload).
+        let custom_content_type = record.extra_headers.iter().any(|(k, _)| *k == headers::CONTENT_TYPE);
+        let mut hdrs = OwnedHeaders::new_with_capacity(3 + record.extra_headers.len());
+        if !custom_content_type {
+            hdrs = hdrs.insert(Header { key: headers::CONTENT_TYPE, value: Some(headers::PROTOBUF) });
+        }
+        hdrs = hdrs.insert(Header { key: headers::MESSAGE_TYPE, value: Some(record.message_type) });
         if let Some(tp) = traceparent {
             hdrs = hdrs.insert(Header { key: headers::TRACEPARENT, value: Some(tp) });
         }

@@ -147,7 +147,9 @@ impl OwnedBroker {
     /// Starts a broker with durable SQLite storage in a temp dir.
     pub async fn start_durable() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = format!("sqlite://{}/broker.db", dir.path().display());
+        // nisshi resolves a sqlite path against its working directory (an
+        // absolute one too), so the broker runs inside the temp dir.
+        let storage = "sqlite://broker.db".to_string();
         let mut b = Self { port: free_port(), storage, child: None, _dir: Some(dir) };
         b.restart().await;
         b
@@ -184,7 +186,7 @@ impl OwnedBroker {
             .arg(format!("tcp://127.0.0.1:{}", self.port))
             .arg("--storage-engine")
             .arg(&self.storage)
-            .current_dir(std::env::temp_dir())
+            .current_dir(self._dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_else(std::env::temp_dir))
             .env_remove("STORAGE_ENGINE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -399,4 +401,61 @@ pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: 
     })
     .await
     .unwrap()
+}
+
+// -------------------------------------------------------------- tcp proxy
+
+/// A TCP proxy in front of a dependency (e.g. Postgres) that a test can take
+/// down and bring back, like a network partition: while down it closes the
+/// connections it carries and drops new ones at once.
+pub struct TcpProxy {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on a free local port and forwards to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let up_rx = up.subscribe();
+        let target = target.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { continue };
+                if !*up_rx.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let mut down = up_rx.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, task }
+    }
+
+    /// `127.0.0.1:<port>` to connect to instead of the target.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Brings the proxy up, or takes it down (closing every carried connection).
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

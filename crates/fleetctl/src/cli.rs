@@ -1,0 +1,237 @@
+//! The command line: every command, option and its environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "fleetctl", version, about = "Fleetwatch operator and data-engineer CLI")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// PostgreSQL URL of the Fleetwatch database.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETWATCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/fleetwatch",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Kafka bootstrap servers (`host:port[,host:port]`).
+    #[arg(long, global = true, env = "FLEETWATCH_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub bootstrap_servers: String,
+    /// Optional TOML file, e.g. `[topics.partitions] "fleet.telemetry.v1" = 12`.
+    #[arg(long, global = true, env = "FLEETCTL_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if asked, apply pending migrations, print the schema version.
+    Migrate {
+        /// Create the database first when it does not exist (connects to the
+        /// `postgres` database of the same server).
+        #[arg(long)]
+        create_database: bool,
+    },
+    /// Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Registered vehicles and their tokens.
+    #[command(subcommand)]
+    Vehicles(VehiclesCommand),
+    /// Simulate a fleet sending telemetry, frames and detections to ingest.
+    Simulate(Box<SimulateArgs>),
+    /// Print the records of a topic as JSON lines.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every v1 topic and its `.dlq` topic (existing ones are left alone).
+    Create {
+        /// Partitions of topics the config file does not name (default 6).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Replication factor of every topic (default 1).
+        #[arg(long)]
+        replication: Option<i32>,
+    },
+    /// List the topics on the broker with their partition counts.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VehicleKind {
+    Drone,
+    Vessel,
+    Other,
+}
+
+impl VehicleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drone => "drone",
+            Self::Vessel => "vessel",
+            Self::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VehiclesCommand {
+    /// Register a vehicle; its new token is the last line of stdout.
+    Add {
+        id: String,
+        #[arg(long, value_enum, default_value = "drone")]
+        kind: VehicleKind,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List registered vehicles.
+    List,
+    /// Issue a new token (the old one stops working at once); printed on the last line.
+    RotateToken { id: String },
+    /// Stop accepting data from a vehicle (its token stops working).
+    Disable { id: String },
+    /// Accept data from a disabled vehicle again.
+    Enable { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FleetKind {
+    Drone,
+    Vessel,
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    Http,
+    Grpc,
+    Mqtt,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Number of simulated vehicles.
+    #[arg(long, default_value_t = 5)]
+    pub vehicles: usize,
+    /// Vehicle ids are `<prefix>-001`, `<prefix>-002`, ...
+    #[arg(long, default_value = "sim")]
+    pub prefix: String,
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub kind: FleetKind,
+    /// Telemetry points per second per vehicle.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Points per request (HTTP: one JSON array; gRPC: one stream chunk; MQTT: one message each).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value = "http")]
+    pub protocol: Protocol,
+    /// Ingest HTTP base URL (telemetry over HTTP, frames, detections).
+    #[arg(long, env = "FLEETWATCH_INGEST_URL", default_value = "http://127.0.0.1:8080")]
+    pub ingest_url: String,
+    /// Ingest gRPC endpoint.
+    #[arg(long, env = "FLEETWATCH_INGEST_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    pub grpc_url: String,
+    /// MQTT broker `host:port`; telemetry goes to `fleet/<id>/telemetry` with QoS 1.
+    #[arg(long, env = "FLEETWATCH_MQTT", default_value = "127.0.0.1:1883")]
+    pub mqtt: String,
+    /// JPEG frames per second per vehicle (0 = none), POSTed to /api/v1/frames.
+    #[arg(long, default_value_t = 0.0)]
+    pub frames_fps: f64,
+    /// Frame size `WxH`.
+    #[arg(long, default_value = "640x480", value_parser = parse_size)]
+    pub frame_size: (u32, u32),
+    /// Also POST detections of the frames' moving object now and then.
+    #[arg(long)]
+    pub detections: bool,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Register missing vehicles in the database and save their tokens in
+    /// --tokens-file; without it, tokens are read from that file.
+    #[arg(long)]
+    pub register: bool,
+    /// Where simulated vehicles' tokens are kept between runs.
+    #[arg(long, default_value = ".fleetwatch/sim-tokens.json")]
+    pub tokens_file: PathBuf,
+    /// Base position `lat,lon` the fleet moves around.
+    #[arg(long, default_value = "59.4370,24.7536", value_parser = parse_center, allow_hyphen_values = true)]
+    pub center: (f64, f64),
+    /// Seconds per request before it counts as a timeout and is resent.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// gRPC: seconds each telemetry stream stays open before it is closed and acknowledged.
+    #[arg(long, default_value_t = 1.0)]
+    pub stream_window: f64,
+    /// Seed for the tracks (same seed, same tracks).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    pub topic: String,
+    /// Start at the oldest record instead of only new ones.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Print frame image bytes as hex too (large).
+    #[arg(long)]
+    pub with_frame_data: bool,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("{s:?} is not WxH, e.g. 640x480"))?;
+    let w: u32 = w.trim().parse().map_err(|_| format!("bad width in {s:?}"))?;
+    let h: u32 = h.trim().parse().map_err(|_| format!("bad height in {s:?}"))?;
+    if !(32..=4096).contains(&w) || !(32..=4096).contains(&h) {
+        return Err(format!("{s}: width and height must be 32..4096"));
+    }
+    Ok((w, h))
+}
+
+fn parse_center(s: &str) -> Result<(f64, f64), String> {
+    let (lat, lon) = s.split_once(',').ok_or_else(|| format!("{s:?} is not lat,lon, e.g. 59.437,24.7536"))?;
+    let lat: f64 = lat.trim().parse().map_err(|_| format!("bad latitude in {s:?}"))?;
+    let lon: f64 = lon.trim().parse().map_err(|_| format!("bad longitude in {s:?}"))?;
+    // Tracks run in a local flat frame; near the poles it would degenerate.
+    if !(-80.0..=80.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return Err(format!("{s}: latitude must be within ±80 and longitude within ±180"));
+    }
+    Ok((lat, lon))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_centers() {
+        assert_eq!(parse_size("640x480"), Ok((640, 480)));
+        assert!(parse_size("640").is_err());
+        assert!(parse_size("10x10").is_err());
+        assert_eq!(parse_center("-33.9, 18.4"), Ok((-33.9, 18.4)));
+        assert!(parse_center("95,0").is_err());
+        assert!(parse_center("abc").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

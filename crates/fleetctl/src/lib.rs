@@ -1,0 +1,31 @@
+//! fleetctl, the operator and data-engineer CLI: schema migrations, Kafka
+//! topics, vehicle registration, a simulated fleet, and tailing topics.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod cli;
+mod connect;
+pub mod migrate;
+pub mod settings;
+pub mod simulate;
+pub mod tail;
+pub mod topics;
+pub mod vehicles;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command};
+
+/// Runs one command; the exit code is the command's verdict (e.g. a
+/// simulation where every request failed).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = cli.global;
+    match cli.command {
+        Command::Migrate { create_database } => migrate::run(&g, create_database).await?,
+        Command::Topics(cmd) => topics::run(&g, cmd).await?,
+        Command::Vehicles(cmd) => vehicles::run(&g, cmd).await?,
+        Command::Simulate(args) => return simulate::run(&g, *args).await,
+        Command::Tail(args) => tail::run(&g, args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Shared functions for scripts/up and scripts/test. Source it; do not run it.
+#
+#   ensure_nisshi            install the nisshi Kafka-API broker if missing
+#   ensure_postgres          start the local PostgreSQL cluster if 5432 is down
+#   ensure_mosquitto         start Mosquitto if 1883 is down
+#   start_broker PORT STORAGE LOG   start nisshi; sets STARTED_PID
+#   port_open PORT [HOST]    true if something accepts connections there
+#   wait_port PORT [SECS] [HOST]    wait until it does
+#   wait_http URL [SECS]     wait until URL answers 2xx
+
+NISSHI_VERSION="${NISSHI_VERSION:-0.7.0-pre.2}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# port_open PORT [HOST]: bash's /dev/tcp, so no netcat is needed.
+port_open() {
+    local port="$1" host="${2:-127.0.0.1}"
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
+}
+
+# wait_port PORT [SECS] [HOST]
+wait_port() {
+    local port="$1" secs="${2:-30}" host="${3:-127.0.0.1}" i
+    for ((i = 0; i < secs * 10; i++)); do
+        if port_open "$port" "$host"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "nothing is listening on $host:$port after ${secs}s"
+}
+
+# wait_http URL [SECS]: until the URL answers 2xx.
+wait_http() {
+    local url="$1" secs="${2:-60}" i
+    for ((i = 0; i < secs * 4; i++)); do
+        if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.25
+    done
+    die "$url did not answer 2xx within ${secs}s"
+}
+
+nisshi_path() {
+    if command -v nisshi >/dev/null 2>&1; then
+        command -v nisshi
+    elif [[ -x "$HOME/.cargo/bin/nisshi" ]]; then
+        printf '%s\n' "$HOME/.cargo/bin/nisshi"
+    else
+        return 1
+    fi
+}
+
+ensure_nisshi() {
+    if nisshi_path >/dev/null; then
+        return 0
+    fi
+    log "installing the nisshi broker $NISSHI_VERSION (cargo install; this takes about 10 minutes, once)"
+    cargo install --locked "nisshi@$NISSHI_VERSION" --features dynostore,postgres,libsql \
+        || die "installing nisshi failed; see the cargo output above"
+}
+
+ensure_postgres() {
+    if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        return 0
+    fi
+    local version
+    # shellcheck disable=SC2012  # version directories are plain numbers
+    version="$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1)"
+    [[ -n "$version" ]] || die "PostgreSQL is not running on 127.0.0.1:5432 and no local cluster was found in /etc/postgresql; start one, or point FLEETWATCH_DATABASE_URL at yours"
+    log "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start \
+        || die "could not start PostgreSQL $version (pg_ctlcluster $version main start)"
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if pg_isready -q -h 127.0.0.1 -p 5432; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "PostgreSQL did not become ready on 127.0.0.1:5432"
+}
+
+ensure_mosquitto() {
+    if port_open 1883; then
+        return 0
+    fi
+    command -v mosquitto >/dev/null 2>&1 || die "Mosquitto is not running on 1883 and not installed (apt-get install mosquitto)"
+    log "starting Mosquitto"
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf || die "could not start Mosquitto"
+    wait_port 1883 10
+}
+
+# start_broker PORT STORAGE_URL LOGFILE: starts nisshi in the background,
+# waits until it accepts connections, and sets STARTED_PID.
+start_broker() {
+    local port="$1" storage="$2" logfile="$3" bin
+    bin="$(nisshi_path)" || die "nisshi is not installed; run ensure_nisshi first"
+    mkdir -p "$(dirname "$logfile")"
+    # Run from a directory without a .env file: nisshi reads one, and a
+    # stray STORAGE_ENGINE there would override --storage-engine.
+    (
+        cd "$(mktemp -d)" || exit 1
+        exec env -u STORAGE_ENGINE "$bin" broker \
+            --listener-url "tcp://127.0.0.1:$port" \
+            --advertised-listener-url "tcp://127.0.0.1:$port" \
+            --storage-engine "$storage"
+    ) >>"$logfile" 2>&1 &
+    STARTED_PID=$!
+    local i
+    for ((i = 0; i < 300; i++)); do
+        if port_open "$port"; then
+            return 0
+        fi
+        if ! kill -0 "$STARTED_PID" 2>/dev/null; then
+            die "the broker exited at start; see $logfile"
+        fi
+        sleep 0.1
+    done
+    die "the broker did not listen on 127.0.0.1:$port within 30s; see $logfile"
+}

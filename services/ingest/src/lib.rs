@@ -1,0 +1,153 @@
+//! Fleetwatch ingest: the vehicle-facing edge. Takes telemetry, detections
+//! and frames over HTTP, gRPC and MQTT, authenticates and validates them, and
+//! acknowledges the vehicle only after Kafka acknowledged the records.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod mqtt;
+pub mod parse;
+pub mod sink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleetwatch_common::{Readiness, Shutdown};
+use fleetwatch_kafka::Producer;
+use fleetwatch_proto::v1::ingest_service_server::IngestServiceServer;
+use fleetwatch_proto::v1::persistence_query_client::PersistenceQueryClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+pub use config::Config;
+
+/// Kafka client id of the producer.
+pub const CLIENT_ID: &str = "fleetwatch-ingest";
+
+/// How long shutdown waits for queued records to be acknowledged.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request handler needs, shared by HTTP, gRPC and MQTT.
+pub struct App {
+    pub auth: auth::Authenticator,
+    pub sink: sink::Sink,
+    pub limits: config::LimitsConfig,
+    pub persistence: PersistenceQueryClient<Channel>,
+}
+
+/// A started ingest: where it listens, and the task that ends after shutdown.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Subscriptions granted by the MQTT broker so far (None: bridge disabled).
+    pub mqtt_subscribed: Option<tokio::sync::watch::Receiver<u64>>,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Connects to the database and Kafka, binds every listener and starts
+/// serving; returns once all ports are bound.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let pool = fleetwatch_db::connect_checked(&config.database).await.context("vehicle registry database")?;
+    let producer = Producer::new(&config.kafka, CLIENT_ID).context("creating the kafka producer")?;
+    let timeout = Duration::from_millis(config.persistence.timeout_ms);
+    let channel = Endpoint::from_shared(config.persistence.grpc_url.clone())
+        .context("persistence.grpc_url")?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_lazy();
+    let app = Arc::new(App {
+        auth: auth::Authenticator::new(pool, &config.auth, config.limits.retry_after_secs),
+        sink: sink::Sink::new(
+            producer.clone(),
+            config.topics.clone(),
+            config.kafka.producer.max_message_bytes,
+            config.limits.retry_after_secs,
+        ),
+        limits: config.limits.clone(),
+        persistence: PersistenceQueryClient::new(channel),
+    });
+
+    let readiness = Readiness::default();
+    let (admin_addr, admin) = fleetwatch_common::admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+
+    let http_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot bind the HTTP API on {}", config.http.listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let router = http::router(app.clone());
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, router)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+            .context("http server")
+    });
+
+    let grpc_listener = TcpListener::bind(config.grpc.listen)
+        .await
+        .with_context(|| format!("cannot bind the gRPC API on {}", config.grpc.listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServiceServer<grpc::IngestGrpc>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleetwatch_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("grpc reflection")?;
+    let max_message = config.limits.max_frame_bytes.max(config.limits.max_json_body_bytes) + config::RECORD_HEADROOM_BYTES as usize;
+    let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone())).max_decoding_message_size(max_message);
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(ingest)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                grpc_shutdown.cancelled_owned(),
+            )
+            .await
+            .context("grpc server")
+    });
+
+    let (mqtt, mqtt_subscribed) = if config.mqtt.enabled {
+        let (h, s) = mqtt::start(app.clone(), config.mqtt.clone(), config.kafka.producer.max_message_bytes, shutdown.clone());
+        (Some(h), Some(s))
+    } else {
+        (None, None)
+    };
+
+    readiness.set(true);
+    tracing::info!(%http_addr, %grpc_addr, %admin_addr, mqtt = config.mqtt.enabled, "ingest started");
+
+    let handle = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        readiness.set(false);
+        let (h, g) = tokio::join!(http, grpc);
+        if let Some(m) = mqtt {
+            let _ = m.await;
+        }
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "records not acknowledged by kafka before shutdown");
+        }
+        let _ = admin.await;
+        h??;
+        g??;
+        tracing::info!("ingest stopped");
+        Ok(())
+    });
+    Ok(Running { http_addr, grpc_addr, admin_addr, mqtt_subscribed, handle })
+}
+
+/// Starts ingest and waits until `shutdown` stopped it.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let running = start(config, shutdown).await?;
+    running.handle.await.context("ingest task")?
+}

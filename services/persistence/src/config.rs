@@ -1,0 +1,217 @@
+//! The persistence service's configuration (`FLEETWATCH_PERSISTENCE__...`).
+
+use std::net::SocketAddr;
+
+use fleetwatch_common::config::Validate;
+use fleetwatch_common::{AdminConfig, LogConfig};
+use fleetwatch_db::DbConfig;
+use fleetwatch_kafka::{KafkaConfig, TopicNames};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Log format, level and OTLP export.
+    pub log: LogConfig,
+    /// Admin server (`/metrics`, `/healthz`, `/readyz`), default port 9602.
+    pub admin: AdminConfig,
+    /// Broker connection and consumer tuning. Leave `kafka.consumer.group_id`
+    /// empty: the group ids come from `writer.group_prefix`.
+    pub kafka: KafkaConfig,
+    /// Topic names (telemetry, detections and frames are consumed).
+    pub topics: TopicNames,
+    /// PostgreSQL connection; the schema must be at this build's version.
+    pub database: DbConfig,
+    /// gRPC query server.
+    pub grpc: GrpcConfig,
+    /// Where frame bytes are stored.
+    pub object_store: ObjectStoreConfig,
+    /// Telemetry partition upkeep and retention.
+    pub retention: RetentionConfig,
+    /// Consumer groups and write batching.
+    pub writer: WriterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log: LogConfig::default(),
+            admin: AdminConfig::on_port(9602),
+            kafka: KafkaConfig::default(),
+            topics: TopicNames::default(),
+            database: DbConfig::default(),
+            grpc: GrpcConfig::default(),
+            object_store: ObjectStoreConfig::default(),
+            retention: RetentionConfig::default(),
+            writer: WriterConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address of the `PersistenceQuery` gRPC server (port 0 = any free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 50052)) }
+    }
+}
+
+/// Object store location and credentials. `Debug` hides the secret.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// `file:///abs/dir`, `file://./relative/dir` (resolved against the
+    /// working directory) or `s3://bucket/optional/prefix`.
+    pub url: String,
+    /// S3-compatible endpoint, e.g. `http://minio:9000`; empty = AWS (or `AWS_ENDPOINT`).
+    pub endpoint: String,
+    /// S3 region; empty = `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
+    pub region: String,
+    /// S3 access key id; empty = `AWS_ACCESS_KEY_ID` or the instance's credentials.
+    pub access_key_id: String,
+    /// S3 secret key; empty = `AWS_SECRET_ACCESS_KEY`. Never logged.
+    pub secret_access_key: String,
+    /// Allow a plain-HTTP endpoint (MinIO in a cluster).
+    pub allow_http: bool,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "file://./.fleetwatch/objects".into(),
+            endpoint: String::new(),
+            region: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            allow_http: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for ObjectStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &if self.secret_access_key.is_empty() { "" } else { "<redacted>" })
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Telemetry day partitions older than this many days are dropped.
+    pub telemetry_days: u32,
+    /// Day partitions are created this many days ahead of today.
+    pub partitions_ahead_days: u32,
+    /// How often partitions are created ahead and old ones dropped.
+    pub maintenance_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { telemetry_days: 30, partitions_ahead_days: 3, maintenance_interval_secs: 3600 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriterConfig {
+    /// Consumer groups are `<prefix>-telemetry`, `<prefix>-detections`, `<prefix>-frames`.
+    pub group_prefix: String,
+    /// Most rows per INSERT statement; larger consumer batches are split
+    /// into several statements of one transaction.
+    pub max_rows_per_statement: usize,
+    /// Frame uploads to the object store in flight at once.
+    pub object_store_concurrency: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self { group_prefix: "fleetwatch-persistence".into(), max_rows_per_statement: 10_000, object_store_concurrency: 8 }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Vec<String> {
+        let mut errs = self.kafka.validate();
+        if !self.kafka.consumer.group_id.is_empty() {
+            errs.push("kafka.consumer.group_id: leave it empty; persistence derives its groups from writer.group_prefix".into());
+        }
+        for (name, topic) in [
+            ("topics.telemetry", &self.topics.telemetry),
+            ("topics.detections", &self.topics.detections),
+            ("topics.frames", &self.topics.frames),
+        ] {
+            if topic.trim().is_empty() {
+                errs.push(format!("{name}: must not be empty"));
+            }
+        }
+        if self.database.url.trim().is_empty() {
+            errs.push("database.url: must not be empty".into());
+        }
+        if let Err(e) = crate::objects::ObjectLocation::parse(&self.object_store.url) {
+            errs.push(format!("object_store.url: {e}"));
+        }
+        if self.retention.telemetry_days == 0 {
+            errs.push("retention.telemetry_days: must be at least 1".into());
+        }
+        if self.retention.partitions_ahead_days > 366 {
+            errs.push("retention.partitions_ahead_days: must be at most 366".into());
+        }
+        if self.retention.maintenance_interval_secs == 0 {
+            errs.push("retention.maintenance_interval_secs: must be at least 1".into());
+        }
+        if self.writer.group_prefix.trim().is_empty() {
+            errs.push("writer.group_prefix: must not be empty".into());
+        }
+        if self.writer.max_rows_per_statement == 0 {
+            errs.push("writer.max_rows_per_statement: must be at least 1".into());
+        }
+        if self.writer.object_store_concurrency == 0 {
+            errs.push("writer.object_store_concurrency: must be at least 1".into());
+        }
+        errs
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_empty(), "{:?}", Config::default().validate());
+        assert_eq!(Config::default().admin.listen.port(), 9602);
+        assert_eq!(Config::default().grpc.listen.port(), 50052);
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let mut c = Config::default();
+        c.retention.telemetry_days = 0;
+        c.writer.group_prefix = String::new();
+        c.object_store.url = "ftp://x".into();
+        c.kafka.consumer.group_id = "g".into();
+        let errs = c.validate().join("\n");
+        for field in ["retention.telemetry_days", "writer.group_prefix", "object_store.url", "kafka.consumer.group_id"] {
+            assert!(errs.contains(field), "{field} missing in {errs}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let c = ObjectStoreConfig { secret_access_key: "hunter2".into(), ..Default::default() };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,182 @@
+//! The object store holding frame bytes: location parsing, store setup and
+//! the deterministic key layout `<vehicle>/YYYY/MM/DD/frame_<time_unix_us>.<ext>`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+
+use crate::config::ObjectStoreConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error("unsupported object store url {0:?}: use file:///dir, file://./dir or s3://bucket/prefix")]
+    BadUrl(String),
+    #[error("cannot create the object directory {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("cannot open the object store: {0}")]
+    Open(#[from] object_store::Error),
+}
+
+/// A parsed `object_store.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectLocation {
+    /// An absolute directory.
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl ObjectLocation {
+    pub fn parse(url: &str) -> Result<Self, ObjectsError> {
+        if let Some(rest) = url.strip_prefix("file://") {
+            if rest.is_empty() {
+                return Err(ObjectsError::BadUrl(url.into()));
+            }
+            let path = PathBuf::from(rest);
+            let path = if path.is_absolute() {
+                path
+            } else {
+                std::env::current_dir().map_err(|_| ObjectsError::BadUrl(url.into()))?.join(path)
+            };
+            return Ok(Self::Local(path));
+        }
+        if url.starts_with("s3://") {
+            let parsed = url::Url::parse(url).map_err(|_| ObjectsError::BadUrl(url.into()))?;
+            let bucket = parsed.host_str().unwrap_or_default().to_string();
+            if bucket.is_empty() {
+                return Err(ObjectsError::BadUrl(url.into()));
+            }
+            let prefix = parsed.path().trim_matches('/').to_string();
+            return Ok(Self::S3 { bucket, prefix });
+        }
+        Err(ObjectsError::BadUrl(url.into()))
+    }
+}
+
+/// Opens the configured store. Local directories are created if missing.
+pub fn open(config: &ObjectStoreConfig) -> Result<(Arc<dyn ObjectStore>, String), ObjectsError> {
+    match ObjectLocation::parse(&config.url)? {
+        ObjectLocation::Local(dir) => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| ObjectsError::CreateDir { path: dir.display().to_string(), source })?;
+            let store = LocalFileSystem::new_with_prefix(&dir)?;
+            Ok((Arc::new(store), format!("file://{}", dir.display())))
+        }
+        ObjectLocation::S3 { bucket, prefix } => {
+            // from_env picks up AWS_* (keys, region, endpoint, session token);
+            // explicit config wins over it.
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+            if !config.endpoint.is_empty() {
+                b = b.with_endpoint(&config.endpoint);
+            }
+            if !config.region.is_empty() {
+                b = b.with_region(&config.region);
+            }
+            if !config.access_key_id.is_empty() {
+                b = b.with_access_key_id(&config.access_key_id);
+            }
+            if !config.secret_access_key.is_empty() {
+                b = b.with_secret_access_key(&config.secret_access_key);
+            }
+            if config.allow_http {
+                b = b.with_allow_http(true);
+            }
+            let s3 = b.build()?;
+            let shown = format!("s3://{bucket}/{prefix}");
+            if prefix.is_empty() {
+                Ok((Arc::new(s3), shown))
+            } else {
+                Ok((Arc::new(PrefixStore::new(s3, prefix.as_str())), shown))
+            }
+        }
+    }
+}
+
+/// File extension for a frame's MIME type.
+pub fn extension_for(content_type: &str) -> &'static str {
+    match content_type {
+        "image/png" => "png",
+        "image/webp" => "webp",
+        _ => "jpg",
+    }
+}
+
+/// MIME type for a stored key, from its extension.
+pub fn content_type_for(key: &str) -> &'static str {
+    match key.rsplit_once('.').map(|(_, e)| e) {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("mp4") => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The key of a frame. Deterministic in (vehicle, time), so a redelivered
+/// frame overwrites the same object with the same bytes. `None` when the
+/// time is outside what a calendar date can express.
+pub fn frame_key(vehicle_id: &str, time_unix_us: i64, content_type: &str) -> Option<String> {
+    let t = chrono::DateTime::from_timestamp_micros(time_unix_us)?;
+    Some(format!(
+        "{vehicle_id}/{}/frame_{time_unix_us}.{}",
+        t.format("%Y/%m/%d"),
+        extension_for(content_type)
+    ))
+}
+
+/// Parses a key a client asked for; refuses traversal and odd segments.
+pub fn client_key(key: &str) -> Result<Path, String> {
+    if key.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if key.starts_with('/') || key.split('/').any(|s| s == ".." || s == "." || s.is_empty()) {
+        return Err("must be a relative key without empty, '.' or '..' segments".into());
+    }
+    Path::parse(key).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(ObjectLocation::parse("file:///data/o").unwrap(), ObjectLocation::Local("/data/o".into()));
+        let rel = ObjectLocation::parse("file://./.fleetwatch/objects").unwrap();
+        match rel {
+            ObjectLocation::Local(p) => assert!(p.is_absolute() && p.ends_with(".fleetwatch/objects")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ObjectLocation::parse("s3://frames/fleet/prod").unwrap(),
+            ObjectLocation::S3 { bucket: "frames".into(), prefix: "fleet/prod".into() }
+        );
+        assert!(ObjectLocation::parse("s3://").is_err());
+        assert!(ObjectLocation::parse("file://").is_err());
+        assert!(ObjectLocation::parse("/data").is_err());
+    }
+
+    #[test]
+    fn frame_keys_are_deterministic() {
+        // 2026-03-04T05:06:07.000008Z
+        let us = 1_772_600_767_000_008;
+        assert_eq!(frame_key("drone-1", us, "image/jpeg").unwrap(), format!("drone-1/2026/03/04/frame_{us}.jpg"));
+        assert_eq!(frame_key("drone-1", us, "image/png").unwrap(), format!("drone-1/2026/03/04/frame_{us}.png"));
+        assert_eq!(content_type_for("a/b/frame_1.jpg"), "image/jpeg");
+        assert_eq!(content_type_for("a/b/clip_1.mp4"), "video/mp4");
+        assert!(frame_key("x", i64::MAX, "").is_none());
+    }
+
+    #[test]
+    fn client_keys_refuse_traversal() {
+        assert!(client_key("drone-1/2026/03/04/frame_1.jpg").is_ok());
+        for bad in ["", "../etc/passwd", "a/../../b", "/abs", "a//b", "./a", "a/\u{1}"] {
+            assert!(client_key(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
