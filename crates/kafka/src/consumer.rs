@@ -116,6 +116,7 @@ pub struct Consumer {
     group: String,
     config: ConsumerConfig,
     dlq: Producer,
+    recv_log: crate::context::Throttle,
 }
 
 impl Consumer {
@@ -127,13 +128,13 @@ impl Consumer {
         }
         let inner: StreamConsumer<Context> = kafka
             .consumer_client_config(client_id)
-            .create_with_context(Context { group: group.clone() })
+            .create_with_context(Context::new(group.clone()))
             .map_err(ConsumerError::Create)?;
         inner.subscribe(topics).map_err(|source| ConsumerError::Subscribe {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             source,
         })?;
-        Ok(Self { inner, group, config: kafka.consumer.clone(), dlq })
+        Ok(Self { inner, group, config: kafka.consumer.clone(), dlq, recv_log: Default::default() })
     }
 
     /// Consumes until `shutdown`; then finishes the batch in hand, commits
@@ -150,7 +151,11 @@ impl Consumer {
             let mut batch = match first {
                 Ok(m) => vec![Record::from_message(&m)],
                 Err(e) => {
-                    tracing::warn!(group = %self.group, error = %e, "kafka receive failed");
+                    if self.recv_log.allow() {
+                        tracing::warn!(group = %self.group, error = %e, "kafka receive failed (repeats within 10 s are logged at debug)");
+                    } else {
+                        tracing::debug!(group = %self.group, error = %e, "kafka receive failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -160,7 +165,7 @@ impl Consumer {
                 match tokio::time::timeout_at(deadline, self.inner.recv()).await {
                     Ok(Ok(m)) => batch.push(Record::from_message(&m)),
                     Ok(Err(e)) => {
-                        tracing::warn!(group = %self.group, error = %e, "kafka receive failed");
+                        tracing::debug!(group = %self.group, error = %e, "kafka receive failed");
                         break;
                     }
                     Err(_elapsed) => break,

@@ -12,6 +12,34 @@ use crate::metrics;
 pub struct Context {
     /// Consumer group, for lag labels; empty for producers.
     pub group: String,
+    pub error_log: Throttle,
+}
+
+impl Context {
+    pub fn new(group: impl Into<String>) -> Self {
+        Self { group: group.into(), error_log: Throttle::default() }
+    }
+}
+
+/// Lets a repeated warning through at most once per interval, so a broker
+/// outage is reported without a line every 200 ms per client.
+#[derive(Default)]
+pub struct Throttle(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Throttle {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// True when the caller should log now (at WARN); false to log at DEBUG.
+    pub fn allow(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(t) if t.elapsed() < Self::INTERVAL => false,
+            _ => {
+                *last = Some(std::time::Instant::now());
+                true
+            }
+        }
+    }
 }
 
 impl ClientContext for Context {
@@ -20,7 +48,12 @@ impl ClientContext for Context {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::warn!(facility = fac, "librdkafka: {message}"),
+            | RDKafkaLogLevel::Error
+                if self.error_log.allow() =>
+            {
+                tracing::warn!(facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Error => tracing::debug!(facility = fac, "librdkafka: {message}"),
             RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
                 tracing::info!(facility = fac, "librdkafka: {message}")
             }
@@ -31,7 +64,11 @@ impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         // Broker-down and similar are retried by librdkafka itself; operators
         // see them through readiness and lag, so this is not ERROR.
-        tracing::warn!(error = %error, reason, "kafka client error");
+        if self.error_log.allow() {
+            tracing::warn!(error = %error, reason, "kafka client error (repeats within 10 s are logged at debug)");
+        } else {
+            tracing::debug!(error = %error, reason, "kafka client error");
+        }
     }
 
     fn stats(&self, stats: Statistics) {

@@ -79,3 +79,13 @@ pub static PRODUCE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+#[allow(clippy::unwrap_used)]
+pub static PRODUCER_RESETS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "fleetwatch_kafka_producer_resets_total",
+        "Producer clients replaced after a fatal error or a run of failed deliveries",
+        &["client_id"]
+    )
+    .unwrap()
+});

@@ -2,11 +2,12 @@
 //! record (`acks=all`, idempotent), and refuses at once when its local queue
 //! is full, so callers can answer 503 instead of blocking or dropping.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::KafkaConfig;
@@ -63,18 +64,82 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// Cheap to clone; clones share one client.
+///
+/// The client heals itself: an idempotent producer can get stuck after an
+/// outage (a fatal error, or a broker that refuses the epoch bump librdkafka
+/// makes after timed-out records, as nisshi does), and every later send would
+/// fail. After failures spanning two delivery timeouts with no success in
+/// between, or at once on a fatal error, the client is replaced by a fresh one
+/// (a new producer id). Records in flight on the old client still resolve.
 #[derive(Clone)]
 pub struct Producer {
-    inner: Arc<FutureProducer<Context>>,
+    shared: Arc<Shared>,
     max_message_bytes: usize,
+}
+
+struct Shared {
+    client: RwLock<Arc<FutureProducer<Context>>>,
+    config: ClientConfig,
+    client_id: String,
+    /// When the current run of failures began; `None` after a success.
+    failing_since: Mutex<Option<Instant>>,
+    heal_after: Duration,
 }
 
 impl Producer {
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, KafkaError> {
-        let inner = config
-            .producer_client_config(client_id)
-            .create_with_context(Context { group: String::new() })?;
-        Ok(Self { inner: Arc::new(inner), max_message_bytes: config.producer.max_message_bytes as usize })
+        let client_config = config.producer_client_config(client_id);
+        let client = create(&client_config)?;
+        let shared = Shared {
+            client: RwLock::new(Arc::new(client)),
+            config: client_config,
+            client_id: client_id.to_string(),
+            failing_since: Mutex::new(None),
+            heal_after: Duration::from_millis(u64::from(config.producer.delivery_timeout_ms) * 2),
+        };
+        Ok(Self { shared: Arc::new(shared), max_message_bytes: config.producer.max_message_bytes as usize })
+    }
+
+    fn client(&self) -> Arc<FutureProducer<Context>> {
+        self.shared.client.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record_success(&self) {
+        *self.shared.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Counts a failed delivery on `used`; replaces the client when it looks stuck.
+    fn record_failure(&self, used: &Arc<FutureProducer<Context>>) {
+        let fatal = used.client().fatal_error();
+        let stuck = {
+            let mut since = self.shared.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+            let start = *since.get_or_insert_with(Instant::now);
+            start.elapsed() >= self.shared.heal_after
+        };
+        if fatal.is_none() && !stuck {
+            return;
+        }
+        let mut current = self.shared.client.write().unwrap_or_else(|e| e.into_inner());
+        // Another sender may have replaced it already.
+        if !Arc::ptr_eq(&current, used) {
+            return;
+        }
+        match create(&self.shared.config) {
+            Ok(fresh) => {
+                *current = Arc::new(fresh);
+                *self.shared.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                metrics::PRODUCER_RESETS.with_label_values(&[&self.shared.client_id]).inc();
+                match fatal {
+                    Some((code, reason)) => tracing::warn!(client_id = %self.shared.client_id, %code, reason,
+                        "kafka producer hit a fatal error; replaced it with a new one"),
+                    None => tracing::warn!(client_id = %self.shared.client_id,
+                        failing_for_ms = self.shared.heal_after.as_millis() as u64,
+                        "kafka producer failed every delivery for two delivery timeouts; replaced it with a new one"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot create a replacement kafka producer"),
+        }
     }
 
     /// Sends one record and waits for the broker's acknowledgement.
@@ -110,7 +175,8 @@ impl Producer {
         let fr = FutureRecord::to(topic).key(record.key).payload(record.payload).headers(hdrs);
         let started = Instant::now();
         // send_result never blocks: a full queue is reported, not waited out.
-        let delivery = match self.inner.send_result(fr) {
+        let client = self.client();
+        let delivery = match client.send_result(fr) {
             Ok(d) => d,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 metrics::PRODUCED.with_label_values(&[topic, "queue_full"]).inc();
@@ -123,6 +189,7 @@ impl Producer {
         };
         match delivery.await {
             Ok(Ok(d)) => {
+                self.record_success();
                 metrics::PRODUCED.with_label_values(&[topic, "ok"]).inc();
                 metrics::PRODUCE_SECONDS.with_label_values(&[topic]).observe(started.elapsed().as_secs_f64());
                 Ok(Delivered { partition: d.partition, offset: d.offset })
@@ -134,6 +201,9 @@ impl Producer {
                 );
                 let (label, err) = if timed_out { ("timeout", ProduceError::Timeout) } else { ("error", e.into()) };
                 metrics::PRODUCED.with_label_values(&[topic, label]).inc();
+                if err.is_retryable() {
+                    self.record_failure(&client);
+                }
                 Err(err)
             }
             // The producer was dropped with the record in flight.
@@ -146,11 +216,15 @@ impl Producer {
 
     /// Waits for every queued record to be acknowledged, up to `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout)
+        self.client().flush(timeout)
     }
 
     /// Records queued locally, not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
+        self.client().in_flight_count()
     }
+}
+
+fn create(config: &ClientConfig) -> Result<FutureProducer<Context>, KafkaError> {
+    config.create_with_context(Context::new(""))
 }

@@ -29,12 +29,9 @@ async fn http_gets_503_with_retry_after_and_loses_nothing() {
     let mut broker = OwnedBroker::start_durable().await;
     let h = Harness::start_on(broker.bootstrap(), |c| {
         c.kafka.producer.delivery_timeout_ms = 2_000;
-        // nisshi 0.7.0-pre.2 quirk: after a restart it answers
-        // UNKNOWN_SERVER_ERROR to every produce of an idempotent producer
-        // whose epoch librdkafka bumped after a delivery timeout, so this
-        // producer would never recover against it (Apache Kafka accepts the
-        // bump). The outage behaviour under test does not depend on it.
-        c.kafka.producer.idempotence = false;
+        // Idempotence stays on (the default): nisshi 0.7.0-pre.2 refuses the
+        // epoch bump librdkafka makes after a delivery timeout, and the
+        // producer must heal itself by replacing its client.
     })
     .await;
     let resp = h.post_json("/api/v1/telemetry", r#"[{"lat":1,"lon":1},{"lat":2,"lon":2}]"#).await;
