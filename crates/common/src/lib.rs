@@ -3,11 +3,13 @@
 
 pub mod admin;
 pub mod config;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use admin::{AdminConfig, Readiness};
-pub use config::{ConfigError, load_config};
+pub use config::{ConfigError, Validate, load_config};
+pub use service::service_main;
 pub use shutdown::{Shutdown, shutdown_on_signal};
 pub use telemetry::{LogConfig, LogFormat, TelemetryGuard};
 

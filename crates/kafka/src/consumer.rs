@@ -25,6 +25,9 @@ use crate::producer::{OutRecord, Producer};
 use crate::{headers, metrics};
 use fleetwatch_common::Shutdown;
 
+/// Upper bound on the final commit and close at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A consumed record, owned so handlers can keep it across awaits.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -175,7 +178,18 @@ impl Consumer {
                 break;
             }
         }
-        self.commit_final();
+        // The final commit and librdkafka's close (leave group) block, and
+        // can take long against a struggling broker: keep them off the async
+        // workers and bound the wait. Offsets not committed by then are only
+        // redelivered, which the idempotent effects absorb.
+        let group = self.group.clone();
+        let closing = tokio::task::spawn_blocking(move || {
+            self.commit_final();
+            drop(self);
+        });
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            tracing::warn!(%group, "kafka consumer did not close within {CLOSE_TIMEOUT:?}; uncommitted records will be redelivered");
+        }
     }
 
     /// Returns false when shutdown interrupted a retry (nothing stored).

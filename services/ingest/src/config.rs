@@ -93,8 +93,15 @@ pub struct MqttConfig {
     /// MQTT broker port.
     pub port: u16,
     /// Client id; must be stable across restarts so the broker keeps the
-    /// persistent session (and its unacknowledged messages) for us.
+    /// persistent session (and its unacknowledged messages) for us, and
+    /// unique per replica. Default: `fleetwatch-ingest-<hostname>` (in
+    /// Kubernetes the pod name; use a StatefulSet for ids that survive a
+    /// rescheduled pod).
     pub client_id: String,
+    /// MQTT shared-subscription group: replicas subscribe to
+    /// `$share/<group>/<filter>` and the broker spreads messages across them.
+    /// Empty = plain subscriptions (every replica gets every message).
+    pub shared_group: String,
     /// Topic filters carrying telemetry; the segment at the first `+` is the vehicle id.
     pub telemetry_filters: Vec<String>,
     /// Topic filters carrying detection messages; the segment at the first `+` is the vehicle id.
@@ -114,7 +121,8 @@ impl Default for MqttConfig {
             enabled: true,
             host: "127.0.0.1".into(),
             port: 1883,
-            client_id: "fleetwatch-ingest".into(),
+            client_id: default_client_id(),
+            shared_group: "fleetwatch-ingest".into(),
             telemetry_filters: vec!["fleet/+/telemetry".into()],
             detection_filters: vec!["fleet/+/detections".into(), "drone/+/detections".into()],
             keep_alive_secs: 30,
@@ -313,4 +321,16 @@ mod tests {
         c.mqtt.detection_filters.clear();
         assert!(c.validate().is_empty());
     }
+}
+
+/// `fleetwatch-ingest-<hostname>`: stable across restarts on one host, and
+/// distinct per replica, so replicas do not kick each other off the broker.
+fn default_client_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("fleetwatch-ingest-{host}")
 }

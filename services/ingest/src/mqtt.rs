@@ -78,6 +78,12 @@ pub fn match_filter(filter: &str, topic: &str) -> Option<String> {
     if t.next().is_some() { None } else { vehicle }
 }
 
+/// The filter to subscribe with: shared across replicas when a group is set.
+/// Publishes still arrive on their plain topic, so routing matches the plain filter.
+fn subscription(shared_group: &str, filter: &str) -> String {
+    if shared_group.is_empty() { filter.to_string() } else { format!("$share/{shared_group}/{filter}") }
+}
+
 fn route(config: &MqttConfig, topic: &str) -> Option<(Kind, String)> {
     let tel = config.telemetry_filters.iter().map(|f| (Kind::Telemetry, f));
     let det = config.detection_filters.iter().map(|f| (Kind::Detections, f));
@@ -143,7 +149,7 @@ async fn run_eventloop(
         .telemetry_filters
         .iter()
         .chain(&config.detection_filters)
-        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+        .map(|f| SubscribeFilter::new(subscription(&config.shared_group, f), QoS::AtLeastOnce))
         .collect();
     let max_backoff = Duration::from_millis(config.reconnect_max_backoff_ms.max(100));
     let mut backoff = Duration::from_millis(100);
@@ -433,6 +439,12 @@ impl DeadLetterer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_subscriptions() {
+        assert_eq!(subscription("fleetwatch-ingest", "fleet/+/telemetry"), "$share/fleetwatch-ingest/fleet/+/telemetry");
+        assert_eq!(subscription("", "fleet/+/telemetry"), "fleet/+/telemetry");
+    }
 
     #[test]
     fn filters_capture_the_vehicle() {

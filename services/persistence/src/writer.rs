@@ -314,6 +314,25 @@ impl Columns {
         self.metrics.push(metrics_json(&p.metrics));
         self.received.push(received);
     }
+
+    /// Binds the nine columns shared by INSERT_TELEMETRY and UPSERT_LATEST
+    /// ($1..$9); returns `received` for the insert's $10.
+    fn bind_shared<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> (sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, Vec<Option<DateTime<Utc>>>) {
+        let q = query
+            .bind(self.vehicle)
+            .bind(self.time)
+            .bind(self.lat)
+            .bind(self.lon)
+            .bind(self.alt)
+            .bind(self.speed)
+            .bind(self.heading)
+            .bind(self.battery)
+            .bind(self.metrics);
+        (q, self.received)
+    }
 }
 
 const INSERT_TELEMETRY: &str = "\
@@ -375,17 +394,9 @@ impl Writer for TelemetryWriter {
                 for (v, p, r) in chunk {
                     c.push(v, p, *r);
                 }
-                inserted += sqlx::query(INSERT_TELEMETRY)
-                    .bind(c.vehicle)
-                    .bind(c.time)
-                    .bind(c.lat)
-                    .bind(c.lon)
-                    .bind(c.alt)
-                    .bind(c.speed)
-                    .bind(c.heading)
-                    .bind(c.battery)
-                    .bind(c.metrics)
-                    .bind(c.received)
+                let (query, received) = c.bind_shared(sqlx::query(INSERT_TELEMETRY));
+                inserted += query
+                    .bind(received)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -395,16 +406,9 @@ impl Writer for TelemetryWriter {
             for (v, p) in &latest {
                 c.push(v, p, None);
             }
-            let updated = sqlx::query(UPSERT_LATEST)
-                .bind(c.vehicle)
-                .bind(c.time)
-                .bind(c.lat)
-                .bind(c.lon)
-                .bind(c.alt)
-                .bind(c.speed)
-                .bind(c.heading)
-                .bind(c.battery)
-                .bind(c.metrics)
+            let updated = c
+                .bind_shared(sqlx::query(UPSERT_LATEST))
+                .0
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
