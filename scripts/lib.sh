@@ -101,9 +101,21 @@ start_broker() {
     bin="$(nisshi_path)" || die "nisshi is not installed; run ensure_nisshi first"
     mkdir -p "$(dirname "$logfile")"
     # Run from a directory without a .env file: nisshi reads one, and a
-    # stray STORAGE_ENGINE there would override --storage-engine.
+    # stray STORAGE_ENGINE there would override --storage-engine. nisshi
+    # resolves a sqlite path against its working directory (even an absolute
+    # one), so for sqlite it runs in the database's directory with a bare name.
+    local workdir
+    if [[ "$storage" == sqlite://* ]]; then
+        local db="${storage#sqlite://}"
+        workdir="$(dirname "$db")"
+        mkdir -p "$workdir"
+        storage="sqlite://$(basename "$db")"
+        [[ ! -e "$workdir/.env" ]] || die "$workdir/.env exists; nisshi would read it. Move it away."
+    else
+        workdir="$(mktemp -d)"
+    fi
     (
-        cd "$(mktemp -d)" || exit 1
+        cd "$workdir" || exit 1
         exec env -u STORAGE_ENGINE "$bin" broker \
             --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \
