@@ -38,8 +38,20 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
 
     // HTTP
     let http_point = json!({"vehicle_id": "e2e-1", "timestamp": ts(0), "lat": 28.7, "lon": 77.1, "alt": 120.5, "battery": 72, "rssi": -71});
-    let r = post_point(&client, &stack, &token, http_point.clone()).await;
+    // The caller's W3C trace continues through ingest into the Kafka record.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client
+        .post(stack.http("/api/v1/telemetry"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&http_point)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let records = tk::read_topic(&stack.bootstrap, &stack.topics.telemetry, 1, MINUTE).await;
+    let tp = records[0].header("traceparent").expect("traceparent header");
+    assert!(tp.starts_with(&format!("00-{trace_id}-")), "trace continues: {tp}");
 
     // gRPC client stream
     let mut grpc = IngestServiceClient::connect(format!("http://127.0.0.1:{}", stack.ingest_grpc)).await.unwrap();
