@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The standard load test: brings up its own Fleetwatch stack on non-default
+# ports (so it never touches a dev stack on 8080/9092/...), once with the
+# broker's memory engine and once with its durable sqlite engine, runs the
+# standard scenarios against each, writes one JSON report per scenario to
+# loadtest/reports/<date>-<engine>-<scenario>.json, and stops everything.
+#
+#   loadtest/run.sh                         # both engines, every scenario
+#   ENGINES=memory SCENARIOS="http-batch100 http-max" loadtest/run.sh
+#   WARMUP=10 DURATION=30 loadtest/run.sh
+#
+# Needs PostgreSQL on 5432 and Mosquitto on 1883 (started if down), and the
+# nisshi broker binary. Uses the database fleetwatch_loadtest (dropped and
+# recreated per engine) and MQTT topics under lt/ only.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+
+BIN="$ROOT/target/release"
+BROKER_PORT="${BROKER_PORT:-29092}"
+BOOTSTRAP="127.0.0.1:$BROKER_PORT"
+HTTP_PORT="${HTTP_PORT:-18080}"
+GRPC_PORT="${GRPC_PORT:-15051}"
+PERSIST_GRPC_PORT="${PERSIST_GRPC_PORT:-15052}"
+INGEST_ADMIN="${INGEST_ADMIN:-19601}"
+PERSIST_ADMIN="${PERSIST_ADMIN:-19602}"
+DB_URL="${LOADTEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/fleetwatch_loadtest}"
+MQTT_PREFIX="lt"
+WARMUP="${WARMUP:-10}"
+DURATION="${DURATION:-25}"
+DRAIN="${DRAIN:-45}"
+ENGINES="${ENGINES:-memory sqlite}"
+SCENARIOS="${SCENARIOS:-http-batch100 grpc-chunk100 mqtt-single http-fixed-5k http-max}"
+REPORTS="${LOADTEST_REPORTS:-$ROOT/loadtest/reports}"
+DATE="$(date -u +%Y-%m-%d)"
+WORK="$(mktemp -d /tmp/fleetwatch-loadtest.XXXXXX)"
+LOGS="$WORK/logs"
+
+# scenario_args NAME: the loader's options for one standard scenario.
+scenario_args() {
+    case "$1" in
+        # 200 vehicles x 100 points/s = 20,000 points/s offered, 1 request per vehicle per second.
+        http-batch100) echo "--protocol http --vehicles 200 --rate 100 --batch 100" ;;
+        grpc-chunk100) echo "--protocol grpc --vehicles 200 --rate 100 --batch 100 --stream-window 2" ;;
+        # One point per MQTT message, QoS 1: 100 vehicles x 20 points/s = 2,000 messages/s offered.
+        mqtt-single) echo "--protocol mqtt --vehicles 100 --rate 20 --batch 1 --mqtt 127.0.0.1:1883 --mqtt-topic-prefix $MQTT_PREFIX" ;;
+        # Fixed 5,000 points/s, well below saturation, for latency: 50 vehicles x 100 points/s in batches of 10.
+        http-fixed-5k) echo "--protocol http --vehicles 50 --rate 100 --batch 10" ;;
+        # Closed loop: 32 vehicles each sending 100-point batches as fast as they are acknowledged.
+        http-max) echo "--protocol http --vehicles 32 --rate 0 --batch 100" ;;
+        *) die "unknown scenario $1" ;;
+    esac
+}
+
+PIDS=()
+NAMES=()
+
+stop_pid() {
+    local name="$1" pid="$2" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_all() {
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${NAMES[$i]}" "${PIDS[$i]}"
+    done
+    PIDS=()
+    NAMES=()
+}
+
+cleanup() {
+    trap - EXIT INT TERM
+    stop_all
+    log "logs kept in $LOGS"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for p in "$BROKER_PORT" "$HTTP_PORT" "$GRPC_PORT" "$PERSIST_GRPC_PORT" "$INGEST_ADMIN" "$PERSIST_ADMIN"; do
+    if port_open "$p"; then
+        die "port $p is already in use (another load test running?)"
+    fi
+done
+
+ensure_nisshi
+ensure_postgres
+ensure_mosquitto
+mkdir -p "$LOGS" "$REPORTS"
+
+if [[ ! -x "$BIN/fleetwatch-ingest" || ! -x "$BIN/fleetwatch-persistence" || "${LOADTEST_BUILD:-0}" == 1 ]]; then
+    log "building release binaries"
+    cargo build --release --bins -p fleetwatch-ingest -p fleetwatch-persistence -p fleetwatch-loadtest
+else
+    cargo build --release --bins -p fleetwatch-loadtest
+fi
+LOADER="$BIN/fleetwatch-loadtest"
+
+start_service() {
+    local name="$1" admin="$2"
+    shift 2
+    local logfile="$LOGS/$name.log" pid i
+    env "$@" "$BIN/fleetwatch-$name" >>"$logfile" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    NAMES+=("$name")
+    for ((i = 0; i < 240; i++)); do
+        if curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$admin/readyz" 2>/dev/null; then
+            STARTED_PID="$pid"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logfile" >&2; die "$name exited at start; see $logfile"; }
+        sleep 0.25
+    done
+    die "$name was not ready within 60s; see $logfile"
+}
+
+run_engine() {
+    local engine="$1" storage broker_pid persist_pid ingest_pid
+    case "$engine" in
+        memory) storage="memory://nisshi/" ;;
+        # An absolute path in this run's work dir: a relative sqlite://broker.db
+        # ended up in the directory run.sh was started from, not in
+        # start_broker's temp dir.
+        sqlite) storage="sqlite://$WORK/broker-sqlite.db" ;;
+        *) die "unknown engine $engine" ;;
+    esac
+    log "[$engine] broker on $BOOTSTRAP ($storage)"
+    start_broker "$BROKER_PORT" "$storage" "$LOGS/broker-$engine.log"
+    broker_pid="$STARTED_PID"
+    PIDS+=("$broker_pid")
+    NAMES+=("broker")
+    "$LOADER" prepare --reset --database-url "$DB_URL" --bootstrap-servers "$BOOTSTRAP"
+
+    local objects="$WORK/objects-$engine"
+    mkdir -p "$objects"
+    local kafka_tuning=(
+        # nisshi completes a new consumer group join only after
+        # max.poll.interval.ms; the default (300 s) would stall the start.
+        "FLEETWATCH_PERSISTENCE__KAFKA__CONSUMER__MAX_POLL_INTERVAL_MS=6000"
+        "FLEETWATCH_PERSISTENCE__KAFKA__CONSUMER__SESSION_TIMEOUT_MS=6000"
+        "FLEETWATCH_PERSISTENCE__KAFKA__CONSUMER__HEARTBEAT_INTERVAL_MS=500"
+    )
+    log "[$engine] persistence"
+    start_service persistence "$PERSIST_ADMIN" \
+        "${kafka_tuning[@]}" \
+        "FLEETWATCH_PERSISTENCE__KAFKA__BOOTSTRAP_SERVERS=$BOOTSTRAP" \
+        "FLEETWATCH_PERSISTENCE__DATABASE__URL=$DB_URL" \
+        "FLEETWATCH_PERSISTENCE__GRPC__LISTEN=127.0.0.1:$PERSIST_GRPC_PORT" \
+        "FLEETWATCH_PERSISTENCE__ADMIN__LISTEN=127.0.0.1:$PERSIST_ADMIN" \
+        "FLEETWATCH_PERSISTENCE__OBJECT_STORE__URL=file://$objects"
+    persist_pid="$STARTED_PID"
+    log "[$engine] ingest"
+    start_service ingest "$INGEST_ADMIN" \
+        "FLEETWATCH_INGEST__KAFKA__BOOTSTRAP_SERVERS=$BOOTSTRAP" \
+        "FLEETWATCH_INGEST__DATABASE__URL=$DB_URL" \
+        "FLEETWATCH_INGEST__HTTP__LISTEN=127.0.0.1:$HTTP_PORT" \
+        "FLEETWATCH_INGEST__GRPC__LISTEN=127.0.0.1:$GRPC_PORT" \
+        "FLEETWATCH_INGEST__ADMIN__LISTEN=127.0.0.1:$INGEST_ADMIN" \
+        "FLEETWATCH_INGEST__PERSISTENCE__GRPC_URL=http://127.0.0.1:$PERSIST_GRPC_PORT" \
+        "FLEETWATCH_INGEST__MQTT__HOST=127.0.0.1" \
+        "FLEETWATCH_INGEST__MQTT__PORT=1883" \
+        "FLEETWATCH_INGEST__MQTT__CLIENT_ID=fleetwatch-loadtest-ingest-$engine" \
+        "FLEETWATCH_INGEST__MQTT__TELEMETRY_FILTERS=[\"$MQTT_PREFIX/fleet/+/telemetry\"]" \
+        "FLEETWATCH_INGEST__MQTT__DETECTION_FILTERS=[\"$MQTT_PREFIX/fleet/+/detections\"]"
+    ingest_pid="$STARTED_PID"
+
+    local s
+    for s in $SCENARIOS; do
+        log "[$engine] scenario $s"
+        # shellcheck disable=SC2046  # the scenario's options are words
+        "$LOADER" run --scenario "$engine-$s" $(scenario_args "$s") \
+            --warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" \
+            --ingest-url "http://127.0.0.1:$HTTP_PORT" --grpc-url "http://127.0.0.1:$GRPC_PORT" \
+            --database-url "$DB_URL" \
+            --proc "ingest=$ingest_pid" --proc "persistence=$persist_pid" --proc "broker=$broker_pid" \
+            --proc "postgres=postgres" \
+            --report "$REPORTS/$DATE-$engine-$s.json" \
+            || log "[$engine] scenario $s failed; continuing"
+    done
+    stop_all
+}
+
+for engine in $ENGINES; do
+    run_engine "$engine"
+done
+"$LOADER" summarize "$REPORTS/$DATE"-*.json
