@@ -52,6 +52,8 @@ where
 }
 
 #[cfg(test)]
+// figment::Jail's closure signature is fixed; its error type is large.
+#[allow(clippy::unwrap_used, clippy::result_large_err)]
 mod tests {
     use super::*;
     use serde::Deserialize;

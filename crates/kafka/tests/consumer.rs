@@ -12,11 +12,14 @@ use fleetwatch_kafka::{BatchHandler, Consumer, OutRecord, ProduceError, Producer
 use fleetwatch_testkit as tk;
 use tokio_util::sync::CancellationToken;
 
+/// Values seen, each with its traceparent header.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// Records every value it sees; rejects values starting with "bad"; fails
 /// transiently while `fail_remaining` > 0.
 #[derive(Clone, Default)]
 struct Collect {
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
     fail_remaining: Arc<AtomicUsize>,
     calls: Arc<AtomicUsize>,
 }

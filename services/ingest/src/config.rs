@@ -282,6 +282,18 @@ impl Validate for Config {
     }
 }
 
+/// `fleetwatch-ingest-<hostname>`: stable across restarts on one host, and
+/// distinct per replica, so replicas do not kick each other off the broker.
+fn default_client_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("fleetwatch-ingest-{host}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,16 +333,4 @@ mod tests {
         c.mqtt.detection_filters.clear();
         assert!(c.validate().is_empty());
     }
-}
-
-/// `fleetwatch-ingest-<hostname>`: stable across restarts on one host, and
-/// distinct per replica, so replicas do not kick each other off the broker.
-fn default_client_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "local".into());
-    format!("fleetwatch-ingest-{host}")
 }
