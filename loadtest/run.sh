@@ -99,12 +99,10 @@ ensure_postgres
 ensure_mosquitto
 mkdir -p "$LOGS" "$REPORTS"
 
-if [[ ! -x "$BIN/fleetwatch-ingest" || ! -x "$BIN/fleetwatch-persistence" || "${LOADTEST_BUILD:-0}" == 1 ]]; then
-    log "building release binaries"
-    cargo build --release --bins -p fleetwatch-ingest -p fleetwatch-persistence -p fleetwatch-loadtest
-else
-    cargo build --release --bins -p fleetwatch-loadtest
-fi
+# Always build: cargo is incremental, and measuring stale binaries is worse
+# than a few seconds of checking.
+log "building release binaries"
+cargo build --release --bins -p fleetwatch-ingest -p fleetwatch-persistence -p fleetwatch-loadtest
 LOADER="$BIN/fleetwatch-loadtest"
 
 start_service() {

@@ -91,8 +91,12 @@ pub struct ConsumerConfig {
     pub commit_interval_ms: u32,
     /// How often lag metrics are refreshed (`statistics.interval.ms`).
     pub stats_interval_ms: u32,
-    /// `fetch.max.bytes` / `max.partition.fetch.bytes`.
+    /// Bytes per fetch response over all partitions (`fetch.max.bytes`).
     pub fetch_max_bytes: u32,
+    /// Bytes per partition per fetch (`max.partition.fetch.bytes`); a larger
+    /// record still comes through alone. Kept at librdkafka's 1 MiB: large
+    /// per-partition reads made nisshi's sqlite engine time fetches out.
+    pub partition_fetch_max_bytes: u32,
 }
 
 impl Default for ConsumerConfig {
@@ -110,6 +114,7 @@ impl Default for ConsumerConfig {
             commit_interval_ms: 1_000,
             stats_interval_ms: 5_000,
             fetch_max_bytes: 16 * 1024 * 1024,
+            partition_fetch_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -181,7 +186,7 @@ impl KafkaConfig {
             .set("heartbeat.interval.ms", k.heartbeat_interval_ms.to_string())
             .set("statistics.interval.ms", k.stats_interval_ms.to_string())
             .set("fetch.max.bytes", k.fetch_max_bytes.to_string())
-            .set("max.partition.fetch.bytes", k.fetch_max_bytes.to_string())
+            .set("max.partition.fetch.bytes", k.partition_fetch_max_bytes.to_string())
             .set("enable.partition.eof", "false");
         c
     }
