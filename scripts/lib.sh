@@ -116,7 +116,9 @@ start_broker() {
     fi
     (
         cd "$workdir" || exit 1
-        exec env -u STORAGE_ENGINE "$bin" broker \
+        # setsid: its own process group, so a terminal's Ctrl-C stops the
+        # caller first, which stops the broker last, after the services.
+        exec setsid env -u STORAGE_ENGINE "$bin" broker \
             --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \
             --storage-engine "$storage"
