@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::points::BodyFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "fleetwatch-loadtest", version, about = "Drive a running Fleetwatch stack with a simulated fleet and measure it")]
+#[command(
+    name = "fleetwatch-loadtest",
+    version,
+    about = "Drive a running Fleetwatch stack with a simulated fleet and measure it"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -20,16 +24,22 @@ pub enum Command {
     /// Run one scenario against a running stack and report what it sustained.
     Run(Box<RunArgs>),
     /// Print Markdown tables of JSON reports written by `run --report`.
-    Summarize {
-        reports: Vec<PathBuf>,
-    },
+    Summarize { reports: Vec<PathBuf> },
 }
 
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
-    #[arg(long, env = "FLEETWATCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/fleetwatch_loadtest")]
+    #[arg(
+        long,
+        env = "FLEETWATCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/fleetwatch_loadtest"
+    )]
     pub database_url: String,
-    #[arg(long, env = "FLEETWATCH_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:29092")]
+    #[arg(
+        long,
+        env = "FLEETWATCH_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:29092"
+    )]
     pub bootstrap_servers: String,
     /// Drop the database first (it must be one only the load test uses).
     #[arg(long)]
@@ -97,7 +107,11 @@ pub struct RunArgs {
     /// MQTT connections the fleet is spread over.
     #[arg(long, default_value_t = 4)]
     pub mqtt_connections: usize,
-    #[arg(long, env = "FLEETWATCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/fleetwatch_loadtest")]
+    #[arg(
+        long,
+        env = "FLEETWATCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/fleetwatch_loadtest"
+    )]
     pub database_url: String,
     /// Vehicle id prefix; default `lt<random>`, so every run has its own vehicles.
     #[arg(long)]
@@ -158,12 +172,26 @@ mod tests {
 
     #[test]
     fn parses_and_validates() {
-        let cli = Cli::try_parse_from(["x", "run", "--protocol", "grpc", "--rate", "0", "--proc", "ingest=1"]).unwrap();
-        let Command::Run(a) = cli.command else { panic!("not run") };
+        let cli = Cli::try_parse_from([
+            "x",
+            "run",
+            "--protocol",
+            "grpc",
+            "--rate",
+            "0",
+            "--proc",
+            "ingest=1",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(a.protocol, Protocol::Grpc);
         assert!(a.validate().is_ok());
         let cli = Cli::try_parse_from(["x", "run", "--batch", "0", "--duration", "0"]).unwrap();
-        let Command::Run(a) = cli.command else { panic!("not run") };
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
         let e = a.validate().unwrap_err().to_string();
         assert!(e.contains("--batch") && e.contains("--duration"), "{e}");
     }

@@ -49,7 +49,11 @@ fn ts(us: i64) -> DateTime<Utc> {
 
 /// Newest stored sample time per vehicle (µs), in the order of `ids`. One
 /// primary-key probe per vehicle, so it stays cheap however many rows exist.
-pub async fn newest_times(pool: &PgPool, ids: &[String], since_us: i64) -> anyhow::Result<Vec<Option<i64>>> {
+pub async fn newest_times(
+    pool: &PgPool,
+    ids: &[String],
+    since_us: i64,
+) -> anyhow::Result<Vec<Option<i64>>> {
     let rows: Vec<(Option<DateTime<Utc>>,)> = sqlx::query_as(
         "SELECT (SELECT max(t.time) FROM telemetry t WHERE t.vehicle_id = v.id AND t.time >= $2)
            FROM unnest($1::text[]) WITH ORDINALITY AS v(id, n) ORDER BY v.n",
@@ -58,11 +62,20 @@ pub async fn newest_times(pool: &PgPool, ids: &[String], since_us: i64) -> anyho
     .bind(ts(since_us))
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(t,)| t.map(|t| t.timestamp_micros())).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(t,)| t.map(|t| t.timestamp_micros()))
+        .collect())
 }
 
 /// Rows of these vehicles stored in `[w0, w1)` (by `stored_at`), and all of them.
-pub async fn stored_counts(pool: &PgPool, ids: &[String], since_us: i64, w0_us: i64, w1_us: i64) -> anyhow::Result<(i64, i64)> {
+pub async fn stored_counts(
+    pool: &PgPool,
+    ids: &[String],
+    since_us: i64,
+    w0_us: i64,
+    w1_us: i64,
+) -> anyhow::Result<(i64, i64)> {
     let r: (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE stored_at >= $3 AND stored_at < $4), count(*)
            FROM telemetry WHERE vehicle_id = ANY($1) AND time >= $2",
@@ -97,7 +110,13 @@ pub struct Dist {
     pub mean_ms: Option<f64>,
 }
 
-pub async fn latency(pool: &PgPool, ids: &[String], since_us: i64, w0_us: i64, w1_us: i64) -> anyhow::Result<StoredLatency> {
+pub async fn latency(
+    pool: &PgPool,
+    ids: &[String],
+    since_us: i64,
+    w0_us: i64,
+    w1_us: i64,
+) -> anyhow::Result<StoredLatency> {
     let sql = format!(
         "WITH r AS (
             SELECT (metrics->>'{SENT_METRIC}')::float8 AS sent_us,
@@ -115,7 +134,21 @@ pub async fn latency(pool: &PgPool, ids: &[String], since_us: i64, w0_us: i64, w
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY s2r), percentile_cont(0.99) WITHIN GROUP (ORDER BY s2r), max(s2r), avg(s2r)
            FROM w"
     );
-    type Row = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+    type Row = (
+        i64,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+    );
     let r: Row = sqlx::query_as(&sql)
         .bind(ids)
         .bind(ts(since_us))
@@ -125,8 +158,23 @@ pub async fn latency(pool: &PgPool, ids: &[String], since_us: i64, w0_us: i64, w
         .await?;
     Ok(StoredLatency {
         rows: r.0,
-        send_to_stored: Dist { p50_ms: r.1, p99_ms: r.2, max_ms: r.3, mean_ms: r.4 },
-        received_to_stored: Dist { p50_ms: r.5, p99_ms: r.6, max_ms: r.7, mean_ms: r.8 },
-        send_to_received: Dist { p50_ms: r.9, p99_ms: r.10, max_ms: r.11, mean_ms: r.12 },
+        send_to_stored: Dist {
+            p50_ms: r.1,
+            p99_ms: r.2,
+            max_ms: r.3,
+            mean_ms: r.4,
+        },
+        received_to_stored: Dist {
+            p50_ms: r.5,
+            p99_ms: r.6,
+            max_ms: r.7,
+            mean_ms: r.8,
+        },
+        send_to_received: Dist {
+            p50_ms: r.9,
+            p99_ms: r.10,
+            max_ms: r.11,
+            mean_ms: r.12,
+        },
     })
 }

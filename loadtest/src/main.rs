@@ -39,8 +39,10 @@ async fn run(a: fleetwatch_loadtest::cli::RunArgs) -> anyhow::Result<()> {
 fn summarize(paths: &[std::path::PathBuf]) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for p in paths {
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        reports.push(serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?);
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        reports
+            .push(serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?);
     }
     print!("{}", fleetwatch_loadtest::report::summarize(&reports));
     Ok(())

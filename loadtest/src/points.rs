@@ -66,7 +66,13 @@ pub fn write_point(out: &mut Vec<u8>, vehicle_id: &str, p: &Pt, sent_us: i64) {
 }
 
 /// A request body for `points`: a JSON array, or NDJSON.
-pub fn write_body(out: &mut Vec<u8>, format: BodyFormat, vehicle_id: &str, points: &[Pt], sent_us: i64) {
+pub fn write_body(
+    out: &mut Vec<u8>,
+    format: BodyFormat,
+    vehicle_id: &str,
+    points: &[Pt],
+    sent_us: i64,
+) {
     out.clear();
     match format {
         BodyFormat::Json => {
@@ -109,9 +115,18 @@ mod tests {
 
     #[test]
     fn json_bodies_parse_and_carry_the_send_time() {
-        let pts = [synth(3, 1_758_705_015_123_456), synth(3, 1_758_705_015_223_456)];
+        let pts = [
+            synth(3, 1_758_705_015_123_456),
+            synth(3, 1_758_705_015_223_456),
+        ];
         let mut buf = Vec::new();
-        write_body(&mut buf, BodyFormat::Json, "lt-0003", &pts, 1_758_705_016_000_001);
+        write_body(
+            &mut buf,
+            BodyFormat::Json,
+            "lt-0003",
+            &pts,
+            1_758_705_016_000_001,
+        );
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2);
         assert_eq!(v[0]["vehicle_id"], "lt-0003");
@@ -120,8 +135,11 @@ mod tests {
         assert!(v[0]["lat"].as_f64().unwrap() > 59.0);
 
         write_body(&mut buf, BodyFormat::Ndjson, "lt-0003", &pts, 7);
-        let lines: Vec<serde_json::Value> =
-            buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = buf
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["timestamp"], "2025-09-24T09:10:15.223456Z");
     }

@@ -25,16 +25,20 @@ pub async fn run(a: &PrepareArgs) -> anyhow::Result<()> {
     let (name, admin_url) = split_database(&a.database_url)?;
     let admin = connect(&admin_url).await?;
     if a.reset {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
-            .execute(&admin)
-            .await
-            .with_context(|| format!("dropping database {name}"))?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&name)
+        ))
+        .execute(&admin)
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
         eprintln!("dropped database {name}");
     }
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await?;
     if !exists {
         sqlx::query(&format!("CREATE DATABASE {}", quote_ident(&name)))
             .execute(&admin)
@@ -48,15 +52,32 @@ pub async fn run(a: &PrepareArgs) -> anyhow::Result<()> {
     fleetwatch_db::check_schema(&pool).await?;
     pool.close().await;
 
-    let kafka = KafkaConfig { bootstrap_servers: a.bootstrap_servers.clone(), ..KafkaConfig::default() };
+    let kafka = KafkaConfig {
+        bootstrap_servers: a.bootstrap_servers.clone(),
+        ..KafkaConfig::default()
+    };
     let topics = TopicNames::default();
     let mut specs = Vec::new();
     for t in topics.all() {
-        specs.push(TopicSpec { name: t.to_string(), partitions: a.partitions, replication: 1 });
-        specs.push(TopicSpec { name: format!("{t}.dlq"), partitions: 1, replication: 1 });
+        specs.push(TopicSpec {
+            name: t.to_string(),
+            partitions: a.partitions,
+            replication: 1,
+        });
+        specs.push(TopicSpec {
+            name: format!("{t}.dlq"),
+            partitions: 1,
+            replication: 1,
+        });
     }
-    let created = ensure_topics(&kafka, &specs).await.context("creating topics")?;
-    eprintln!("topics ready on {} ({} topics)", a.bootstrap_servers, created.len());
+    let created = ensure_topics(&kafka, &specs)
+        .await
+        .context("creating topics")?;
+    eprintln!(
+        "topics ready on {} ({} topics)",
+        a.bootstrap_servers,
+        created.len()
+    );
     Ok(())
 }
 
@@ -66,7 +87,8 @@ mod tests {
 
     #[test]
     fn splits_database_from_url() {
-        let (n, admin) = split_database("postgres://postgres@127.0.0.1:5432/fleetwatch_loadtest").unwrap();
+        let (n, admin) =
+            split_database("postgres://postgres@127.0.0.1:5432/fleetwatch_loadtest").unwrap();
         assert_eq!(n, "fleetwatch_loadtest");
         assert_eq!(admin, "postgres://postgres@127.0.0.1:5432/postgres");
         assert!(split_database("postgres://h:5432").is_err());

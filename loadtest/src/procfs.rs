@@ -56,7 +56,10 @@ pub fn parse_loadavg(s: &str) -> Option<[f64; 3]> {
 /// Idle and iowait count as not busy.
 pub fn parse_machine_cpu(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     if v.len() < 5 {
         return None;
     }
@@ -78,7 +81,11 @@ pub fn matches_name(comm: &str, cmdline: &[u8], name: &str) -> bool {
     let argv0 = String::from_utf8_lossy(argv0);
     // PostgreSQL rewrites its argv ("postgres: 15/main: writer"); the first word is the name.
     let first = argv0.split_whitespace().next().unwrap_or_default();
-    let base = first.rsplit('/').next().unwrap_or_default().trim_end_matches(':');
+    let base = first
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(':');
     base == name
 }
 
@@ -91,9 +98,13 @@ pub enum Selector {
 
 /// `label=1234,1235` or `label=process-name`.
 pub fn parse_proc_spec(spec: &str) -> Result<(String, Selector), String> {
-    let (label, what) = spec.split_once('=').ok_or_else(|| format!("--proc {spec:?}: expected LABEL=PID[,PID] or LABEL=NAME"))?;
+    let (label, what) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--proc {spec:?}: expected LABEL=PID[,PID] or LABEL=NAME"))?;
     if label.is_empty() || what.is_empty() {
-        return Err(format!("--proc {spec:?}: label and value must not be empty"));
+        return Err(format!(
+            "--proc {spec:?}: label and value must not be empty"
+        ));
     }
     let pids: Result<Vec<u32>, _> = what.split(',').map(str::parse).collect();
     let sel = match pids {
@@ -109,11 +120,17 @@ fn read(path: impl AsRef<Path>) -> Option<String> {
 
 /// Every pid whose name matches.
 pub fn pids_named(name: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Some(comm) = read(format!("/proc/{pid}/comm")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Some(comm) = read(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if matches_name(&comm, &cmdline, name) {
             out.push(pid);
@@ -126,8 +143,12 @@ pub fn pids_named(name: &str) -> Vec<u32> {
 /// CPU ticks, RSS and PSS (KiB) of one process now; None when it is gone.
 pub fn sample_pid(pid: u32) -> Option<(u64, u64, u64)> {
     let ticks = parse_stat_cpu_ticks(&read(format!("/proc/{pid}/stat"))?)?;
-    let rss = read(format!("/proc/{pid}/status")).and_then(|s| parse_vmrss_kib(&s)).unwrap_or(0);
-    let pss = read(format!("/proc/{pid}/smaps_rollup")).and_then(|s| parse_pss_kib(&s)).unwrap_or(rss);
+    let rss = read(format!("/proc/{pid}/status"))
+        .and_then(|s| parse_vmrss_kib(&s))
+        .unwrap_or(0);
+    let pss = read(format!("/proc/{pid}/smaps_rollup"))
+        .and_then(|s| parse_pss_kib(&s))
+        .unwrap_or(rss);
     Some((ticks, rss, pss))
 }
 
@@ -176,7 +197,16 @@ pub struct GroupUsage {
 
 impl Group {
     pub fn new(label: impl Into<String>, selector: Selector) -> Self {
-        Self { label: label.into(), selector, pids: BTreeMap::new(), samples: 0, rss_sum_kib: 0, rss_peak_kib: 0, rss_last_kib: 0, pss_peak_kib: 0 }
+        Self {
+            label: label.into(),
+            selector,
+            pids: BTreeMap::new(),
+            samples: 0,
+            rss_sum_kib: 0,
+            rss_peak_kib: 0,
+            rss_last_kib: 0,
+            pss_peak_kib: 0,
+        }
     }
 
     fn current_pids(&self) -> Vec<u32> {
@@ -193,10 +223,15 @@ impl Group {
         let mut rss = 0;
         let mut pss = 0;
         for pid in self.current_pids() {
-            let Some((ticks, kib, pss_kib)) = sample_pid(pid) else { continue };
+            let Some((ticks, kib, pss_kib)) = sample_pid(pid) else {
+                continue;
+            };
             rss += kib;
             pss += pss_kib;
-            let t = self.pids.entry(pid).or_insert_with(|| PidTrack { first_ticks: if first { ticks } else { 0 }, last_ticks: ticks });
+            let t = self.pids.entry(pid).or_insert_with(|| PidTrack {
+                first_ticks: if first { ticks } else { 0 },
+                last_ticks: ticks,
+            });
             t.last_ticks = ticks;
         }
         self.samples += 1;
@@ -207,15 +242,27 @@ impl Group {
     }
 
     pub fn usage(&self, wall_secs: f64) -> GroupUsage {
-        let ticks: u64 = self.pids.values().map(|t| t.last_ticks.saturating_sub(t.first_ticks)).sum();
+        let ticks: u64 = self
+            .pids
+            .values()
+            .map(|t| t.last_ticks.saturating_sub(t.first_ticks))
+            .sum();
         let cpu_seconds = ticks as f64 / TICKS_PER_SEC;
         let mib = |kib: u64| kib as f64 / 1024.0;
         GroupUsage {
             label: self.label.clone(),
             pids: self.pids.keys().copied().collect(),
-            cpu_percent: if wall_secs > 0.0 { 100.0 * cpu_seconds / wall_secs } else { 0.0 },
+            cpu_percent: if wall_secs > 0.0 {
+                100.0 * cpu_seconds / wall_secs
+            } else {
+                0.0
+            },
             cpu_seconds,
-            rss_avg_mib: if self.samples > 0 { mib(self.rss_sum_kib) / self.samples as f64 } else { 0.0 },
+            rss_avg_mib: if self.samples > 0 {
+                mib(self.rss_sum_kib) / self.samples as f64
+            } else {
+                0.0
+            },
             rss_peak_mib: mib(self.rss_peak_kib),
             rss_end_mib: mib(self.rss_last_kib),
             pss_peak_mib: mib(self.pss_peak_kib),
@@ -243,8 +290,16 @@ mod tests {
         let status = "Name:\tpostgres\nVmPeak:\t  222 kB\nVmRSS:\t   20480 kB\nThreads:\t1\n";
         assert_eq!(parse_vmrss_kib(status), Some(20480));
         assert_eq!(parse_vmrss_kib("Name:\tkthreadd\n"), None);
-        assert_eq!(parse_pss_kib("55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:    900 kB\nPss:    300 kB\nPss_Anon: 10 kB\n"), Some(300));
-        assert_eq!(parse_loadavg("1.71 1.46 1.03 3/512 19579\n"), Some([1.71, 1.46, 1.03]));
+        assert_eq!(
+            parse_pss_kib(
+                "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:    900 kB\nPss:    300 kB\nPss_Anon: 10 kB\n"
+            ),
+            Some(300)
+        );
+        assert_eq!(
+            parse_loadavg("1.71 1.46 1.03 3/512 19579\n"),
+            Some([1.71, 1.46, 1.03])
+        );
         assert_eq!(parse_loadavg("1.0"), None);
     }
 
@@ -257,18 +312,40 @@ mod tests {
 
     #[test]
     fn names_match_comm_truncation_and_argv0() {
-        assert!(matches_name("fleetwatch-inge\n", b"/x/target/release/fleetwatch-ingest\0", "fleetwatch-ingest"));
+        assert!(matches_name(
+            "fleetwatch-inge\n",
+            b"/x/target/release/fleetwatch-ingest\0",
+            "fleetwatch-ingest"
+        ));
         assert!(matches_name("fleetwatch-inge", b"", "fleetwatch-ingest"));
-        assert!(!matches_name("fleetwatch-inge", b"", "fleetwatch-persistence"));
-        assert!(matches_name("postgres", b"postgres: 15/main: checkpointer \0", "postgres"));
-        assert!(matches_name("tokio-runtime-w", b"/root/.cargo/bin/nisshi\0broker\0", "nisshi"));
+        assert!(!matches_name(
+            "fleetwatch-inge",
+            b"",
+            "fleetwatch-persistence"
+        ));
+        assert!(matches_name(
+            "postgres",
+            b"postgres: 15/main: checkpointer \0",
+            "postgres"
+        ));
+        assert!(matches_name(
+            "tokio-runtime-w",
+            b"/root/.cargo/bin/nisshi\0broker\0",
+            "nisshi"
+        ));
         assert!(!matches_name("bash", b"bash\0-c\0nisshi\0", "nisshi"));
     }
 
     #[test]
     fn proc_specs() {
-        assert_eq!(parse_proc_spec("ingest=12,13"), Ok(("ingest".into(), Selector::Pids(vec![12, 13]))));
-        assert_eq!(parse_proc_spec("pg=postgres"), Ok(("pg".into(), Selector::Name("postgres".into()))));
+        assert_eq!(
+            parse_proc_spec("ingest=12,13"),
+            Ok(("ingest".into(), Selector::Pids(vec![12, 13])))
+        );
+        assert_eq!(
+            parse_proc_spec("pg=postgres"),
+            Ok(("pg".into(), Selector::Name("postgres".into())))
+        );
         assert!(parse_proc_spec("nolabel").is_err());
         assert!(parse_proc_spec("=1").is_err());
     }

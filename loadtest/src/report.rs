@@ -99,7 +99,12 @@ fn ms(v: Option<f64>) -> String {
 }
 
 fn dist(d: &Dist) -> String {
-    format!("p50 {} / p99 {} / max {} ms", ms(d.p50_ms), ms(d.p99_ms), ms(d.max_ms))
+    format!(
+        "p50 {} / p99 {} / max {} ms",
+        ms(d.p50_ms),
+        ms(d.p99_ms),
+        ms(d.max_ms)
+    )
 }
 
 impl Report {
@@ -107,14 +112,22 @@ impl Report {
     pub fn table(&self) -> String {
         let mut s = String::new();
         let c = &self.config;
-        let offered = c.offered_points_per_sec.map_or("closed loop".to_string(), |o| format!("{o:.0} points/s offered"));
+        let offered = c
+            .offered_points_per_sec
+            .map_or("closed loop".to_string(), |o| {
+                format!("{o:.0} points/s offered")
+            });
         let _ = writeln!(
             s,
             "scenario {}: {:?} {} vehicles x {} points/s, batch {} ({offered}), window {:.1} s",
             self.scenario, c.protocol, c.vehicles, c.rate_per_vehicle, c.batch, self.window.seconds
         );
         let m = &self.machine;
-        let la = |l: Option<[f64; 3]>| l.map_or("-".into(), |l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]));
+        let la = |l: Option<[f64; 3]>| {
+            l.map_or("-".into(), |l| {
+                format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
+            })
+        };
         let _ = writeln!(
             s,
             "machine {} ({} cores): load {} -> {}, all-core busy {}%",
@@ -122,7 +135,8 @@ impl Report {
             m.nproc,
             la(m.loadavg_start),
             la(m.loadavg_end),
-            m.cpu_busy_percent_all_cores.map_or("-".into(), |b| format!("{b:.0}"))
+            m.cpu_busy_percent_all_cores
+                .map_or("-".into(), |b| format!("{b:.0}"))
         );
         let d = &self.durable;
         let _ = writeln!(
@@ -136,20 +150,60 @@ impl Report {
             "  sender    {:>9.0} sent/s, {:.0} acked/s, {} requests, {} late batches",
             x.sent_per_sec, x.acked_per_sec, x.requests, x.late_batches
         );
-        let errs: Vec<String> = x.errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
-        let _ = writeln!(s, "  errors    {}", if errs.is_empty() { "none".to_string() } else { errs.join(", ") });
+        let errs: Vec<String> = x
+            .errors
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  errors    {}",
+            if errs.is_empty() {
+                "none".to_string()
+            } else {
+                errs.join(", ")
+            }
+        );
         for (k, msg) in &x.first_errors {
             let _ = writeln!(s, "    first {k}: {msg}");
         }
         let l = &self.latency;
-        let _ = writeln!(s, "  latency   send->stored     {}   ({} rows)", dist(&l.send_to_stored), l.rows);
-        let _ = writeln!(s, "            received->stored {}", dist(&l.received_to_stored));
-        let _ = writeln!(s, "            send->received   {}", dist(&l.send_to_received));
+        let _ = writeln!(
+            s,
+            "  latency   send->stored     {}   ({} rows)",
+            dist(&l.send_to_stored),
+            l.rows
+        );
+        let _ = writeln!(
+            s,
+            "            received->stored {}",
+            dist(&l.received_to_stored)
+        );
+        let _ = writeln!(
+            s,
+            "            send->received   {}",
+            dist(&l.send_to_received)
+        );
         let r = &x.round_trip;
-        let _ = writeln!(s, "            round trip       p50 {} / p99 {} / max {} ms", ms(r.p50_ms), ms(r.p99_ms), ms(r.max_ms));
-        let _ = writeln!(s, "  {:<14} {:>8} {:>10} {:>10} {:>10}  pids", "process", "CPU %", "RSS avg", "RSS peak", "PSS peak");
+        let _ = writeln!(
+            s,
+            "            round trip       p50 {} / p99 {} / max {} ms",
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            ms(r.max_ms)
+        );
+        let _ = writeln!(
+            s,
+            "  {:<14} {:>8} {:>10} {:>10} {:>10}  pids",
+            "process", "CPU %", "RSS avg", "RSS peak", "PSS peak"
+        );
         for p in &self.processes {
-            let pids = if p.pids.len() > 4 { format!("{} processes", p.pids.len()) } else { format!("{:?}", p.pids) };
+            let pids = if p.pids.len() > 4 {
+                format!("{} processes", p.pids.len())
+            } else {
+                format!("{:?}", p.pids)
+            };
             let _ = writeln!(
                 s,
                 "  {:<14} {:>8.1} {:>8.1}Mi {:>8.1}Mi {:>8.1}Mi  {pids}",
@@ -176,13 +230,23 @@ pub fn summarize(reports: &[serde_json::Value]) -> String {
     let _ = writeln!(s, "|---|---:|---:|---:|---|---|---|---|");
     for r in reports {
         let scenario = r["scenario"].as_str().unwrap_or("?");
-        let offered = num(r, &["config", "offered_points_per_sec"]).map_or("max".to_string(), |o| format!("{o:.0}"));
+        let offered = num(r, &["config", "offered_points_per_sec"])
+            .map_or("max".to_string(), |o| format!("{o:.0}"));
         let lat = |k: &str, q: &str| ms(num(r, &["latency", k, q]));
         let errors: Vec<String> = r["sender"]["errors"]
             .as_object()
-            .map(|m| m.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0).map(|(k, n)| format!("{k} {n}")).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect()
+            })
             .unwrap_or_default();
-        let la = |k: &str| r["machine"][k][0].as_f64().map_or("-".into(), |l| format!("{l:.2}"));
+        let la = |k: &str| {
+            r["machine"][k][0]
+                .as_f64()
+                .map_or("-".into(), |l| format!("{l:.2}"))
+        };
         let _ = writeln!(
             s,
             "| {scenario} | {offered} | {} | {} | {} / {} / {} | {} / {} | {} | {} → {} |",
@@ -193,7 +257,11 @@ pub fn summarize(reports: &[serde_json::Value]) -> String {
             lat("send_to_stored", "max_ms"),
             lat("received_to_stored", "p50_ms"),
             lat("received_to_stored", "p99_ms"),
-            if errors.is_empty() { "none".into() } else { errors.join(", ") },
+            if errors.is_empty() {
+                "none".into()
+            } else {
+                errors.join(", ")
+            },
             la("loadavg_start"),
             la("loadavg_end"),
         );
@@ -201,10 +269,17 @@ pub fn summarize(reports: &[serde_json::Value]) -> String {
     let labels: Vec<String> = reports
         .first()
         .and_then(|r| r["processes"].as_array())
-        .map(|p| p.iter().filter_map(|g| g["label"].as_str().map(String::from)).collect())
+        .map(|p| {
+            p.iter()
+                .filter_map(|g| g["label"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let _ = writeln!(s);
-    let _ = write!(s, "| scenario (CPU % of one core / peak RSS MiB; postgres: peak PSS) |");
+    let _ = write!(
+        s,
+        "| scenario (CPU % of one core / peak RSS MiB; postgres: peak PSS) |"
+    );
     for l in &labels {
         let _ = write!(s, " {l} |");
     }
@@ -213,17 +288,29 @@ pub fn summarize(reports: &[serde_json::Value]) -> String {
     for r in reports {
         let _ = write!(s, "| {} |", r["scenario"].as_str().unwrap_or("?"));
         for l in &labels {
-            let g = r["processes"].as_array().and_then(|p| p.iter().find(|g| g["label"].as_str() == Some(l)));
+            let g = r["processes"]
+                .as_array()
+                .and_then(|p| p.iter().find(|g| g["label"].as_str() == Some(l)));
             // A group of many processes shares memory: PSS, not summed RSS.
             let mem = |g: &serde_json::Value| {
                 let many = g["pids"].as_array().is_some_and(|p| p.len() > 1);
                 let pss = g["pss_peak_mib"].as_f64();
-                if many && pss.is_some() { pss } else { g["rss_peak_mib"].as_f64() }
+                if many && pss.is_some() {
+                    pss
+                } else {
+                    g["rss_peak_mib"].as_f64()
+                }
             };
-            let cell = g.map_or("-".into(), |g| format!("{} / {}", f0(g["cpu_percent"].as_f64()), f0(mem(g))));
+            let cell = g.map_or("-".into(), |g| {
+                format!("{} / {}", f0(g["cpu_percent"].as_f64()), f0(mem(g)))
+            });
             let _ = write!(s, " {cell} |");
         }
-        let _ = writeln!(s, " {} |", f0(num(r, &["machine", "cpu_busy_percent_all_cores"])));
+        let _ = writeln!(
+            s,
+            " {} |",
+            f0(num(r, &["machine", "cpu_busy_percent_all_cores"]))
+        );
     }
     s
 }

@@ -13,13 +13,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Protocol, RunArgs};
+use crate::db;
 use crate::points::{BodyFormat, Pt, synth, write_body};
 use crate::procfs::{self, Group, Selector};
 use crate::report::{self, Report};
 use crate::schedule::{Pacer, Stamps, points_up_to, spacing_and_period_us};
 use crate::send::{self, Ctx, GrpcSender, HttpSender, MqttConn, MqttSender, Sender};
 use crate::stats::{Counters, LatencySummary};
-use crate::db;
 
 /// Per vehicle: `(last sample time, points sent so far)` per batch, for the live stored count.
 type BatchLog = Arc<Mutex<Vec<(i64, u64)>>>;
@@ -29,10 +29,20 @@ type BatchLog = Arc<Mutex<Vec<(i64, u64)>>>;
 const SINCE_MARGIN_US: i64 = 3_600_000_000;
 
 fn default_groups() -> Vec<Group> {
-    ["fleetwatch-ingest", "fleetwatch-persistence", "nisshi", "postgres"]
-        .into_iter()
-        .map(|n| Group::new(n.trim_start_matches("fleetwatch-"), Selector::Name(n.to_string())))
-        .collect()
+    [
+        "fleetwatch-ingest",
+        "fleetwatch-persistence",
+        "nisshi",
+        "postgres",
+    ]
+    .into_iter()
+    .map(|n| {
+        Group::new(
+            n.trim_start_matches("fleetwatch-"),
+            Selector::Name(n.to_string()),
+        )
+    })
+    .collect()
 }
 
 fn groups(specs: &[String]) -> anyhow::Result<Vec<Group>> {
@@ -41,10 +51,17 @@ fn groups(specs: &[String]) -> anyhow::Result<Vec<Group>> {
     } else {
         specs
             .iter()
-            .map(|s| procfs::parse_proc_spec(s).map(|(l, sel)| Group::new(l, sel)).map_err(anyhow::Error::msg))
+            .map(|s| {
+                procfs::parse_proc_spec(s)
+                    .map(|(l, sel)| Group::new(l, sel))
+                    .map_err(anyhow::Error::msg)
+            })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    g.push(Group::new("loader", Selector::Pids(vec![std::process::id()])));
+    g.push(Group::new(
+        "loader",
+        Selector::Pids(vec![std::process::id()]),
+    ));
     Ok(g)
 }
 
@@ -52,7 +69,9 @@ fn groups(specs: &[String]) -> anyhow::Result<Vec<Group>> {
 /// the consumer group has joined and the whole path works.
 async fn probe(args: &RunArgs, pool: &PgPool, prefix: &str) -> anyhow::Result<Duration> {
     let id = format!("{prefix}-probe");
-    let token = db::register(pool, std::slice::from_ref(&id)).await?.remove(0);
+    let token = db::register(pool, std::slice::from_ref(&id))
+        .await?
+        .remove(0);
     let client = send::http_client(Duration::from_secs_f64(args.timeout))?;
     let now = now_unix_us();
     let mut body = Vec::new();
@@ -63,18 +82,29 @@ async fn probe(args: &RunArgs, pool: &PgPool, prefix: &str) -> anyhow::Result<Du
     let mut posted = false;
     while Instant::now() < deadline {
         if !posted {
-            match client.post(&url).bearer_auth(&token).body(body.clone()).send().await {
+            match client
+                .post(&url)
+                .bearer_auth(&token)
+                .body(body.clone())
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => posted = true,
                 Ok(r) => eprintln!("probe: {} from {url}; retrying", r.status()),
                 Err(e) => eprintln!("probe: {}; retrying", send::error_chain(&e)),
             }
         }
-        if posted && db::newest_times(pool, std::slice::from_ref(&id), now - SINCE_MARGIN_US).await?[0].is_some() {
+        if posted
+            && db::newest_times(pool, std::slice::from_ref(&id), now - SINCE_MARGIN_US).await?[0]
+                .is_some()
+        {
             return Ok(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    anyhow::bail!("a probe point sent to {url} was not queryable within 120 s: is persistence consuming?")
+    anyhow::bail!(
+        "a probe point sent to {url} was not queryable within 120 s: is persistence consuming?"
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -91,7 +121,11 @@ async fn vehicle(
     stop: CancellationToken,
 ) {
     let closed = rate == 0.0;
-    let (spacing, period) = if closed { (1_000, 0) } else { spacing_and_period_us(rate, batch) };
+    let (spacing, period) = if closed {
+        (1_000, 0)
+    } else {
+        spacing_and_period_us(rate, batch)
+    };
     let mut pacer = Pacer::new(start_us, index, fleet, period.max(1));
     let mut stamps = Stamps::default();
     let mut times = Vec::with_capacity(batch);
@@ -122,7 +156,12 @@ async fn vehicle(
 }
 
 /// Points stored so far, from each vehicle's newest stored time.
-async fn stored_live(pool: &PgPool, ids: &[String], logs: &[BatchLog], since_us: i64) -> anyhow::Result<u64> {
+async fn stored_live(
+    pool: &PgPool,
+    ids: &[String],
+    logs: &[BatchLog],
+    since_us: i64,
+) -> anyhow::Result<u64> {
     let newest = db::newest_times(pool, ids, since_us).await?;
     Ok(newest
         .iter()
@@ -135,53 +174,88 @@ async fn stored_live(pool: &PgPool, ids: &[String], logs: &[BatchLog], since_us:
 }
 
 fn machine_info() -> (String, usize, String) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     (host, nproc, kernel)
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     args.validate()?;
-    let prefix = args.prefix.clone().unwrap_or_else(|| format!("lt{:06x}", rand::random::<u32>() & 0xff_ffff));
-    let ids: Vec<String> = (1..=args.vehicles).map(|i| format!("{prefix}-{i:04}")).collect();
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("lt{:06x}", rand::random::<u32>() & 0xff_ffff));
+    let ids: Vec<String> = (1..=args.vehicles)
+        .map(|i| format!("{prefix}-{i:04}"))
+        .collect();
     anyhow::ensure!(
         ids.iter().all(|i| fleetwatch_db::valid_vehicle_id(i)),
         "--prefix {prefix:?} does not make valid vehicle ids"
     );
     let mut groups = groups(&args.procs)?;
     let pool = db::connect(&args.database_url).await?;
-    fleetwatch_db::check_schema(&pool)
-        .await
-        .with_context(|| format!("{}: run `fleetwatch-loadtest prepare` first", db::redact(&args.database_url)))?;
+    fleetwatch_db::check_schema(&pool).await.with_context(|| {
+        format!(
+            "{}: run `fleetwatch-loadtest prepare` first",
+            db::redact(&args.database_url)
+        )
+    })?;
     let since_us = now_unix_us() - SINCE_MARGIN_US;
     let tokens = db::register(&pool, &ids).await?;
     eprintln!("registered {} vehicles {prefix}-0001..", ids.len());
     if !args.no_probe {
         let took = probe(&args, &pool, &prefix).await?;
-        eprintln!("pipeline live: a probe point was queryable after {:.1} s", took.as_secs_f64());
+        eprintln!(
+            "pipeline live: a probe point was queryable after {:.1} s",
+            took.as_secs_f64()
+        );
     }
 
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
-    let ctx = Ctx { counters: counters.clone(), abort: abort.clone() };
+    let ctx = Ctx {
+        counters: counters.clone(),
+        abort: abort.clone(),
+    };
     let timeout = Duration::from_secs_f64(args.timeout);
     let http = send::http_client(timeout)?;
-    let http_url: Arc<str> = format!("{}/api/v1/telemetry", args.ingest_url.trim_end_matches('/')).into();
+    let http_url: Arc<str> =
+        format!("{}/api/v1/telemetry", args.ingest_url.trim_end_matches('/')).into();
     let channels = match args.protocol {
-        Protocol::Grpc => (0..args.grpc_connections).map(|_| send::grpc_channel(&args.grpc_url, timeout)).collect::<anyhow::Result<Vec<_>>>()?,
+        Protocol::Grpc => (0..args.grpc_connections)
+            .map(|_| send::grpc_channel(&args.grpc_url, timeout))
+            .collect::<anyhow::Result<Vec<_>>>()?,
         _ => Vec::new(),
     };
     let mqtt = match args.protocol {
-        Protocol::Mqtt => (0..args.mqtt_connections).map(|n| MqttConn::start(&args.mqtt, n, ctx.clone())).collect::<anyhow::Result<Vec<_>>>()?,
+        Protocol::Mqtt => (0..args.mqtt_connections)
+            .map(|n| MqttConn::start(&args.mqtt, n, ctx.clone()))
+            .collect::<anyhow::Result<Vec<_>>>()?,
         _ => Vec::new(),
     };
-    let batch = if args.protocol == Protocol::Mqtt { args.batch.min(args.rate.max(1.0) as usize).max(1) } else { args.batch };
+    let batch = if args.protocol == Protocol::Mqtt {
+        args.batch.min(args.rate.max(1.0) as usize).max(1)
+    } else {
+        args.batch
+    };
     let target = match args.protocol {
         Protocol::Http => http_url.to_string(),
         Protocol::Grpc => args.grpc_url.clone(),
-        Protocol::Mqtt => format!("mqtt://{}/{}", args.mqtt, send::mqtt_topic(&args.mqtt_topic_prefix, "<id>")),
+        Protocol::Mqtt => format!(
+            "mqtt://{}/{}",
+            args.mqtt,
+            send::mqtt_topic(&args.mqtt_topic_prefix, "<id>")
+        ),
     };
 
     let late = Arc::new(AtomicU64::new(0));
@@ -216,14 +290,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                 buf: Vec::with_capacity(256),
             }),
         };
-        tasks.spawn(vehicle(i, ids.len(), sender, args.rate, batch, start_us, counters.clone(), logs[i].clone(), late.clone(), stop.clone()));
+        tasks.spawn(vehicle(
+            i,
+            ids.len(),
+            sender,
+            args.rate,
+            batch,
+            start_us,
+            counters.clone(),
+            logs[i].clone(),
+            late.clone(),
+            stop.clone(),
+        ));
     }
     let offered = (args.rate > 0.0).then_some(args.rate * args.vehicles as f64);
     eprintln!(
         "{}: {} vehicles x {} points/s, batch {batch}, to {target}; warm-up {} s, measuring {} s",
         args.scenario,
         args.vehicles,
-        if args.rate > 0.0 { args.rate.to_string() } else { "max".into() },
+        if args.rate > 0.0 {
+            args.rate.to_string()
+        } else {
+            "max".into()
+        },
         args.warmup,
         args.duration
     );
@@ -233,7 +322,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let warm_end = t0 + Duration::from_secs_f64(args.warmup);
     let end = warm_end + Duration::from_secs_f64(args.duration);
     let mut measuring = false;
-    let (mut w0_us, mut s_start, mut load_start, mut cpu_start, mut late_start) = (0, Default::default(), None, None, 0);
+    let (mut w0_us, mut s_start, mut load_start, mut cpu_start, mut late_start) =
+        (0, Default::default(), None, None, 0);
     let mut prev = (Instant::now(), counters.snapshot(), 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,10 +354,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             continue;
         }
         let snap = counters.snapshot();
-        let stored = stored_live(&pool, &ids, &logs, since_us).await.unwrap_or(prev.2);
+        let stored = stored_live(&pool, &ids, &logs, since_us)
+            .await
+            .unwrap_or(prev.2);
         let dt = now.duration_since(prev.0).as_secs_f64().max(1e-3);
         let d = snap.since(&prev.1);
-        let errs: Vec<String> = snap.errors_by_kind().into_iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let errs: Vec<String> = snap
+            .errors_by_kind()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         eprintln!(
             "[{} {:>3.0}s] sent {:>6.0}/s acked {:>6.0}/s stored {:>6.0}/s | stored {} of {} sent{}",
             if measuring { "measure" } else { "warm-up" },
@@ -277,7 +374,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             stored.saturating_sub(prev.2) as f64 / dt,
             stored,
             snap.sent,
-            if errs.is_empty() { String::new() } else { format!(" | errors {}", errs.join(", ")) },
+            if errs.is_empty() {
+                String::new()
+            } else {
+                format!(" | errors {}", errs.join(", "))
+            },
         );
         prev = (now, snap, stored);
     }
@@ -303,8 +404,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             last_progress = (Instant::now(), stored);
         }
         let senders_done = tasks.is_empty();
-        if (senders_done && stored >= acked) || Instant::now() >= drain_deadline || (senders_done && last_progress.0.elapsed() > Duration::from_secs(10)) {
-            eprintln!("drain: {stored} of {acked} acknowledged points queryable after {:.1} s", drain_start.elapsed().as_secs_f64());
+        if (senders_done && stored >= acked)
+            || Instant::now() >= drain_deadline
+            || (senders_done && last_progress.0.elapsed() > Duration::from_secs(10))
+        {
+            eprintln!(
+                "drain: {stored} of {acked} acknowledged points queryable after {:.1} s",
+                drain_start.elapsed().as_secs_f64()
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -316,15 +423,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     }
     let drain_s = drain_start.elapsed().as_secs_f64();
 
-    let (stored_in_window, stored_total) = db::stored_counts(&pool, &ids, since_us, w0_us, w1_us).await?;
+    let (stored_in_window, stored_total) =
+        db::stored_counts(&pool, &ids, since_us, w0_us, w1_us).await?;
     let latency = db::latency(&pool, &ids, since_us, w0_us, w1_us).await?;
     let d = s_end.since(&s_start);
     let (hostname, nproc, kernel) = machine_info();
     let busy = match (cpu_start, cpu_end) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some(100.0 * (b1 - b0) as f64 / (t1 - t0) as f64),
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            Some(100.0 * (b1 - b0) as f64 / (t1 - t0) as f64)
+        }
         _ => None,
     };
-    let date = chrono::DateTime::from_timestamp_micros(w0_us).map(|t| t.to_rfc3339()).unwrap_or_default();
+    let date = chrono::DateTime::from_timestamp_micros(w0_us)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
     Ok(Report {
         scenario: args.scenario.clone(),
         date,
@@ -348,7 +460,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             vehicle_prefix: prefix,
             target,
         },
-        window: report::Window { start_unix_us: w0_us, end_unix_us: w1_us, seconds: window_s },
+        window: report::Window {
+            start_unix_us: w0_us,
+            end_unix_us: w1_us,
+            seconds: window_s,
+        },
         sender: report::Sender {
             sent: d.sent,
             sent_per_sec: d.sent as f64 / window_s,

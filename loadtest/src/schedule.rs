@@ -26,7 +26,11 @@ impl Pacer {
     /// period, so the fleet's requests do not arrive in lock-step.
     pub fn new(start_us: i64, index: usize, vehicles: usize, period_us: i64) -> Self {
         let phase = period_us as i128 * index as i128 / vehicles.max(1) as i128;
-        Self { origin_us: start_us + phase as i64, period_us, k: 0 }
+        Self {
+            origin_us: start_us + phase as i64,
+            period_us,
+            k: 0,
+        }
     }
 
     pub fn due_us(&self, k: u64) -> i64 {

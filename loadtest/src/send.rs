@@ -110,7 +110,13 @@ pub struct HttpSender {
 
 impl HttpSender {
     async fn send(&mut self, points: &[Pt], sent_us: i64) {
-        write_body(&mut self.buf, self.format, &self.vehicle_id, points, sent_us);
+        write_body(
+            &mut self.buf,
+            self.format,
+            &self.vehicle_id,
+            points,
+            sent_us,
+        );
         let body = Bytes::copy_from_slice(&self.buf);
         let content_type = match self.format {
             BodyFormat::Json => "application/json",
@@ -139,16 +145,25 @@ impl HttpSender {
                     c.round_trip(started.elapsed().as_micros() as u64);
                     return;
                 }
-                Ok(r) if matches!(r.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => {
+                Ok(r)
+                    if matches!(
+                        r.status(),
+                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+                    ) =>
+                {
                     let wait = retry_after(r.headers()).unwrap_or(backoff);
                     let status = r.status();
-                    c.error(ErrorKind::Busy, || format!("{status}, retry after {wait:?}"));
+                    c.error(ErrorKind::Busy, || {
+                        format!("{status}, retry after {wait:?}")
+                    });
                     wait
                 }
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    c.error(ErrorKind::Rejected, || format!("{status}: {}", text.chars().take(300).collect::<String>()));
+                    c.error(ErrorKind::Rejected, || {
+                        format!("{status}: {}", text.chars().take(300).collect::<String>())
+                    });
                     c.failed.fetch_add(n, Relaxed);
                     return;
                 }
@@ -163,7 +178,11 @@ impl HttpSender {
                     backoff
                 }
                 Err(e) => {
-                    let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connection };
+                    let kind = if e.is_timeout() {
+                        ErrorKind::Timeout
+                    } else {
+                        ErrorKind::Connection
+                    };
                     c.error(kind, || error_chain(&e));
                     backoff
                 }
@@ -237,27 +256,57 @@ fn classify(s: &Status) -> ErrorKind {
 }
 
 impl GrpcSender {
-    pub fn new(channel: Channel, vehicle_id: Arc<str>, token: &str, window_len: Duration, timeout: Duration, ctx: Ctx) -> anyhow::Result<Self> {
+    pub fn new(
+        channel: Channel,
+        vehicle_id: Arc<str>,
+        token: &str,
+        window_len: Duration,
+        timeout: Duration,
+        ctx: Ctx,
+    ) -> anyhow::Result<Self> {
         let auth = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| anyhow::anyhow!("the token of {vehicle_id} is not valid ASCII"))?;
-        Ok(Self { client: IngestServiceClient::new(channel), vehicle_id, auth, window_len, timeout, open: None, ctx })
+        Ok(Self {
+            client: IngestServiceClient::new(channel),
+            vehicle_id,
+            auth,
+            window_len,
+            timeout,
+            open: None,
+            ctx,
+        })
     }
 
     fn start_call(&self) -> (mpsc::Sender<TelemetryChunk>, Call) {
         let (tx, rx) = mpsc::channel(64);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        req.metadata_mut().insert("authorization", self.auth.clone());
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
         let mut client = self.client.clone();
-        (tx, tokio::spawn(async move { client.stream_telemetry(req).await }))
+        (
+            tx,
+            tokio::spawn(async move { client.stream_telemetry(req).await }),
+        )
     }
 
     async fn send(&mut self, points: &[Pt], sent_us: i64) {
-        let chunk = TelemetryChunk { points: points.iter().map(|p| to_proto(&self.vehicle_id, p, sent_us)).collect() };
+        let chunk = TelemetryChunk {
+            points: points
+                .iter()
+                .map(|p| to_proto(&self.vehicle_id, p, sent_us))
+                .collect(),
+        };
         let mut w = match self.open.take() {
             Some(w) => w,
             None => {
                 let (tx, call) = self.start_call();
-                Window { tx, call, opened: Instant::now(), chunks: Vec::new(), points: 0 }
+                Window {
+                    tx,
+                    call,
+                    opened: Instant::now(),
+                    chunks: Vec::new(),
+                    points: 0,
+                }
             }
         };
         w.points += points.len() as u64;
@@ -279,7 +328,13 @@ impl GrpcSender {
 
     async fn close(&mut self, w: Window) {
         let c = self.ctx.counters.clone();
-        let Window { tx, mut call, chunks, points, .. } = w;
+        let Window {
+            tx,
+            mut call,
+            chunks,
+            points,
+            ..
+        } = w;
         drop(tx);
         let closed = Instant::now();
         let mut backoff = Duration::from_millis(200);
@@ -306,10 +361,18 @@ impl GrpcSender {
                         .map(|v| Duration::from_secs_f64(v.min(60.0)));
                     (classify(&s), format!("{}: {}", s.code(), s.message()), wait)
                 }
-                Ok(Err(join)) => (ErrorKind::Server, format!("stream task failed: {join}"), None),
+                Ok(Err(join)) => (
+                    ErrorKind::Server,
+                    format!("stream task failed: {join}"),
+                    None,
+                ),
                 Err(_) => {
                     call.abort();
-                    (ErrorKind::Timeout, format!("no acknowledgement within {:?}", self.timeout), None)
+                    (
+                        ErrorKind::Timeout,
+                        format!("no acknowledgement within {:?}", self.timeout),
+                        None,
+                    )
                 }
             };
             c.error(kind, || format!("StreamTelemetry: {detail}"));
@@ -355,8 +418,12 @@ pub struct MqttConn {
 }
 
 pub fn parse_addr(addr: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("--mqtt {addr:?} must be host:port"))?;
-    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("--mqtt {addr:?}: bad port"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--mqtt {addr:?} must be host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--mqtt {addr:?}: bad port"))?;
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
@@ -365,7 +432,9 @@ impl MqttConn {
         let (host, port) = parse_addr(addr)?;
         let id = format!("fleetwatch-loadtest-{:08x}-{n}", rand::random::<u32>());
         let mut opts = MqttOptions::new(id, host, port);
-        opts.set_keep_alive(Duration::from_secs(30)).set_inflight(500).set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_inflight(500)
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, eventloop) = AsyncClient::new(opts, 10_000);
         let stop = CancellationToken::new();
         let task = tokio::spawn(drive(eventloop, ctx, stop.clone(), addr.to_string()));
@@ -398,7 +467,9 @@ async fn drive(mut eventloop: EventLoop, ctx: Ctx, stop: CancellationToken, addr
             }
             Ok(_) => {}
             Err(e) => {
-                c.error(ErrorKind::Connection, || format!("MQTT broker {addr}: {}", error_chain(&e)));
+                c.error(ErrorKind::Connection, || {
+                    format!("MQTT broker {addr}: {}", error_chain(&e))
+                });
                 // The next poll reconnects and resends unacknowledged publishes.
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -420,7 +491,11 @@ pub struct MqttSender {
 
 pub fn mqtt_topic(prefix: &str, vehicle_id: &str) -> String {
     let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() { format!("fleet/{vehicle_id}/telemetry") } else { format!("{prefix}/fleet/{vehicle_id}/telemetry") }
+    if prefix.is_empty() {
+        format!("fleet/{vehicle_id}/telemetry")
+    } else {
+        format!("{prefix}/fleet/{vehicle_id}/telemetry")
+    }
 }
 
 impl MqttSender {
@@ -429,7 +504,12 @@ impl MqttSender {
             self.buf.clear();
             crate::points::write_point(&mut self.buf, &self.vehicle_id, p, sent_us);
             // Waits while the client's queue is full: MQTT back-pressure slows the vehicle.
-            let publish = self.client.publish(self.topic.as_str(), QoS::AtLeastOnce, false, self.buf.as_slice());
+            let publish = self.client.publish(
+                self.topic.as_str(),
+                QoS::AtLeastOnce,
+                false,
+                self.buf.as_slice(),
+            );
             tokio::select! {
                 r = publish => if let Err(e) = r {
                     self.ctx.counters.error(ErrorKind::Connection, || format!("MQTT publish: {e}"));
@@ -457,10 +537,19 @@ mod tests {
 
     #[test]
     fn grpc_statuses_map_to_error_kinds() {
-        assert_eq!(classify(&Status::unavailable("kafka pushed back")), ErrorKind::Busy);
-        assert_eq!(classify(&Status::unavailable("tcp connect error")), ErrorKind::Connection);
+        assert_eq!(
+            classify(&Status::unavailable("kafka pushed back")),
+            ErrorKind::Busy
+        );
+        assert_eq!(
+            classify(&Status::unavailable("tcp connect error")),
+            ErrorKind::Connection
+        );
         assert_eq!(classify(&Status::unauthenticated("x")), ErrorKind::Rejected);
-        assert_eq!(classify(&Status::deadline_exceeded("x")), ErrorKind::Timeout);
+        assert_eq!(
+            classify(&Status::deadline_exceeded("x")),
+            ErrorKind::Timeout
+        );
         assert_eq!(classify(&Status::internal("x")), ErrorKind::Server);
     }
 
@@ -468,7 +557,10 @@ mod tests {
     fn mqtt_topics_and_addresses() {
         assert_eq!(mqtt_topic("", "v1"), "fleet/v1/telemetry");
         assert_eq!(mqtt_topic("lt/", "v1"), "lt/fleet/v1/telemetry");
-        assert_eq!(parse_addr("127.0.0.1:1883").unwrap(), ("127.0.0.1".to_string(), 1883));
+        assert_eq!(
+            parse_addr("127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".to_string(), 1883)
+        );
         assert!(parse_addr("nope").is_err());
     }
 }

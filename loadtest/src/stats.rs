@@ -21,7 +21,13 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [Self::Rejected, Self::Busy, Self::Server, Self::Timeout, Self::Connection];
+    pub const ALL: [ErrorKind; 5] = [
+        Self::Rejected,
+        Self::Busy,
+        Self::Server,
+        Self::Timeout,
+        Self::Connection,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -81,7 +87,10 @@ impl Snapshot {
     }
 
     pub fn errors_by_kind(&self) -> BTreeMap<&'static str, u64> {
-        ErrorKind::ALL.iter().map(|k| (k.label(), self.errors[k.index()])).collect()
+        ErrorKind::ALL
+            .iter()
+            .map(|k| (k.label(), self.errors[k.index()]))
+            .collect()
     }
 
     pub fn total_errors(&self) -> u64 {
@@ -98,7 +107,10 @@ impl Counters {
     }
 
     pub fn first_errors(&self) -> BTreeMap<&'static str, String> {
-        self.first_error.lock().map(|m| m.iter().map(|(k, v)| (k.label(), v.clone())).collect()).unwrap_or_default()
+        self.first_error
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.label(), v.clone())).collect())
+            .unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -129,7 +141,10 @@ impl Counters {
     }
 
     pub fn take_round_trips(&self) -> Vec<u64> {
-        self.round_trips_us.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+        self.round_trips_us
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 }
 

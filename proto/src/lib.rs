@@ -20,7 +20,14 @@ pub mod topics {
     pub const COMMAND_STATUS: &str = "fleet.command-status.v1";
 
     /// Every v1 topic, in the order `fleetctl topics create` makes them.
-    pub const ALL: &[&str] = &[TELEMETRY, FRAMES, DETECTIONS, INCIDENTS, COMMANDS, COMMAND_STATUS];
+    pub const ALL: &[&str] = &[
+        TELEMETRY,
+        FRAMES,
+        DETECTIONS,
+        INCIDENTS,
+        COMMANDS,
+        COMMAND_STATUS,
+    ];
 
     pub fn dlq(topic: &str) -> String {
         format!("{topic}.dlq")

@@ -33,7 +33,9 @@ impl Default for AdminConfig {
 
 impl AdminConfig {
     pub fn on_port(port: u16) -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], port)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+        }
     }
 }
 
@@ -63,13 +65,22 @@ async fn metrics() -> impl IntoResponse {
     let mut buf = Vec::new();
     let families = prometheus::gather();
     match TextEncoder::new().encode(&families, &mut buf) {
-        Ok(()) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], buf).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            buf,
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
 async fn readyz(State(r): State<Readiness>) -> impl IntoResponse {
-    if r.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+    if r.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
 }
 
 /// Binds the admin server; it stops when `shutdown` is cancelled.
@@ -78,9 +89,9 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: Shutdown,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot bind admin server on {}: {e}", config.listen)
-    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind admin server on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
     let handle = tokio::spawn(async move {
         let result = axum::serve(listener, router(readiness))
@@ -102,8 +113,12 @@ mod tests {
     async fn health_ready_and_metrics() {
         let readiness = Readiness::default();
         let shutdown = Shutdown::new();
-        let cfg = AdminConfig { listen: "127.0.0.1:0".parse().unwrap() };
-        let (addr, handle) = serve(&cfg, readiness.clone(), shutdown.clone()).await.unwrap();
+        let cfg = AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        };
+        let (addr, handle) = serve(&cfg, readiness.clone(), shutdown.clone())
+            .await
+            .unwrap();
         let base = format!("http://{addr}");
         let get = |p: &str| reqwest::get(format!("{base}{p}"));
         assert_eq!(get("/healthz").await.unwrap().status(), 200);

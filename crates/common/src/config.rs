@@ -38,7 +38,9 @@ where
     let file = file.map(Path::to_path_buf).or(env_file.map(Into::into));
     if let Some(path) = file {
         if !path.exists() {
-            return Err(ConfigError::MissingFile { path: path.display().to_string() });
+            return Err(ConfigError::MissingFile {
+                path: path.display().to_string(),
+            });
         }
         figment = figment.merge(Toml::file(path));
     }
@@ -48,7 +50,11 @@ where
         .extract()
         .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect()))?;
     let problems = config.validate();
-    if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
 }
 
 #[cfg(test)]
@@ -72,12 +78,20 @@ mod tests {
     }
     impl Default for Sample {
         fn default() -> Self {
-            Self { name: "default".into(), port: 1, nested: Nested::default() }
+            Self {
+                name: "default".into(),
+                port: 1,
+                nested: Nested::default(),
+            }
         }
     }
     impl Validate for Sample {
         fn validate(&self) -> Vec<String> {
-            if self.port == 0 { vec!["port: must not be 0".into()] } else { vec![] }
+            if self.port == 0 {
+                vec!["port: must not be 0".into()]
+            } else {
+                vec![]
+            }
         }
     }
 
@@ -101,10 +115,14 @@ mod tests {
     fn reports_type_errors_and_validation() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("FLEETWATCH_SAMPLETEST2__PORT", "notaport");
-            let err = load_config::<Sample>("sampletest2", None).unwrap_err().to_string();
+            let err = load_config::<Sample>("sampletest2", None)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("port"), "{err}");
             jail.set_env("FLEETWATCH_SAMPLETEST2__PORT", "0");
-            let err = load_config::<Sample>("sampletest2", None).unwrap_err().to_string();
+            let err = load_config::<Sample>("sampletest2", None)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("port: must not be 0"), "{err}");
             Ok(())
         });

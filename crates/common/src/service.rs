@@ -15,7 +15,12 @@ use crate::{EXIT_CONFIG, LogConfig, Shutdown, load_config, shutdown_on_signal, t
 /// Parses the command line, then runs `run(config, shutdown)` on a tokio runtime.
 /// `service` is the short name ("ingest"): it names the env prefix
 /// `FLEETWATCH_<SERVICE>__` and the binary in messages.
-pub fn service_main<C, F, Fut>(service: &'static str, about: &'static str, log: fn(&C) -> &LogConfig, run: F) -> !
+pub fn service_main<C, F, Fut>(
+    service: &'static str,
+    about: &'static str,
+    log: fn(&C) -> &LogConfig,
+    run: F,
+) -> !
 where
     C: DeserializeOwned + Serialize + Default + Validate,
     F: FnOnce(C, Shutdown) -> Fut,
@@ -36,7 +41,10 @@ where
                 )),
         )
         .get_matches();
-    let config: C = match load_config(service, args.get_one::<PathBuf>("config").map(PathBuf::as_path)) {
+    let config: C = match load_config(
+        service,
+        args.get_one::<PathBuf>("config").map(PathBuf::as_path),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{bin}: {e}");

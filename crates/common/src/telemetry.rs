@@ -44,7 +44,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Json, level: "info".into(), otlp_endpoint: String::new() }
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+            otlp_endpoint: String::new(),
+        }
     }
 }
 
@@ -66,7 +70,10 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, from `main`, inside the runtime.
 pub fn init(service: &str, config: &LogConfig) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource = Resource::new(vec![KeyValue::new("service.name", format!("fleetwatch-{service}"))]);
+    let resource = Resource::new(vec![KeyValue::new(
+        "service.name",
+        format!("fleetwatch-{service}"),
+    )]);
     let mut builder = TracerProvider::builder().with_resource(resource);
     if !config.otlp_endpoint.is_empty() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -79,14 +86,22 @@ pub fn init(service: &str, config: &LogConfig) -> anyhow::Result<TelemetryGuard>
     let tracer = provider.tracer(format!("fleetwatch-{service}"));
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.level))?;
+    let filter =
+        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.level))?;
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     match config.format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
             .try_init()?,
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact()).try_init()?,
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().compact())
+            .try_init()?,
     }
     Ok(TelemetryGuard { provider })
 }

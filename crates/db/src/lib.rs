@@ -19,10 +19,16 @@ pub enum DbError {
     #[error(
         "database schema is at version {found}, this build needs {expected}; run `fleetctl migrate`{hint}"
     )]
-    WrongSchema { found: String, expected: i64, hint: &'static str },
+    WrongSchema {
+        found: String,
+        expected: i64,
+        hint: &'static str,
+    },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("vehicle id {0:?} is invalid: use 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit")]
+    #[error(
+        "vehicle id {0:?} is invalid: use 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
+    )]
     InvalidVehicleId(String),
     #[error("vehicle {0} already exists")]
     VehicleExists(String),
@@ -91,8 +97,16 @@ pub async fn check_schema(pool: &PgPool) -> Result<(), DbError> {
             expected,
             hint: " from an older release, or upgrade this service",
         }),
-        Some(v) => Err(DbError::WrongSchema { found: v.to_string(), expected, hint: "" }),
-        None => Err(DbError::WrongSchema { found: "none (empty database)".into(), expected, hint: "" }),
+        Some(v) => Err(DbError::WrongSchema {
+            found: v.to_string(),
+            expected,
+            hint: "",
+        }),
+        None => Err(DbError::WrongSchema {
+            found: "none (empty database)".into(),
+            expected,
+            hint: "",
+        }),
     }
 }
 
@@ -121,22 +135,29 @@ pub fn valid_vehicle_id(id: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
 }
 
 /// Registers a vehicle and returns its new bearer token (shown once).
-pub async fn add_vehicle(pool: &PgPool, id: &str, kind: &str, name: Option<&str>) -> Result<String, DbError> {
+pub async fn add_vehicle(
+    pool: &PgPool,
+    id: &str,
+    kind: &str,
+    name: Option<&str>,
+) -> Result<String, DbError> {
     if !valid_vehicle_id(id) {
         return Err(DbError::InvalidVehicleId(id.to_string()));
     }
     let token = new_token();
-    let r = sqlx::query("INSERT INTO vehicles (id, kind, name, token_sha256) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(kind)
-        .bind(name)
-        .bind(token_hash(&token))
-        .execute(pool)
-        .await;
+    let r =
+        sqlx::query("INSERT INTO vehicles (id, kind, name, token_sha256) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(kind)
+            .bind(name)
+            .bind(token_hash(&token))
+            .execute(pool)
+            .await;
     match r {
         Ok(_) => Ok(token),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
@@ -160,19 +181,23 @@ pub async fn rotate_token(pool: &PgPool, id: &str) -> Result<Option<String>, DbE
 
 /// The active vehicle a token belongs to.
 pub async fn vehicle_for_token(pool: &PgPool, token: &str) -> Result<Option<String>, DbError> {
-    Ok(sqlx::query_scalar("SELECT id FROM vehicles WHERE token_sha256 = $1 AND active")
-        .bind(token_hash(token))
-        .fetch_optional(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT id FROM vehicles WHERE token_sha256 = $1 AND active")
+            .bind(token_hash(token))
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Whether `id` is a registered, active vehicle.
 pub async fn vehicle_exists(pool: &PgPool, id: &str) -> Result<bool, DbError> {
-    Ok(sqlx::query_scalar::<_, i32>("SELECT 1 FROM vehicles WHERE id = $1 AND active")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .is_some())
+    Ok(
+        sqlx::query_scalar::<_, i32>("SELECT 1 FROM vehicles WHERE id = $1 AND active")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .is_some(),
+    )
 }
 
 fn new_token() -> String {

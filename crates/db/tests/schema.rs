@@ -2,7 +2,9 @@
 //! partition creation and retention.
 #![allow(clippy::unwrap_used)]
 
-use fleetwatch_db::{DbError, add_vehicle, check_schema, rotate_token, vehicle_exists, vehicle_for_token};
+use fleetwatch_db::{
+    DbError, add_vehicle, check_schema, rotate_token, vehicle_exists, vehicle_for_token,
+};
 use fleetwatch_testkit::TestDb;
 
 #[tokio::test]
@@ -32,19 +34,44 @@ async fn migrate_is_idempotent() {
 #[tokio::test]
 async fn vehicles_and_tokens() {
     let db = TestDb::new().await;
-    let token = add_vehicle(&db.pool, "drone-01", "drone", Some("Alpha")).await.unwrap();
-    assert_eq!(vehicle_for_token(&db.pool, &token).await.unwrap().as_deref(), Some("drone-01"));
+    let token = add_vehicle(&db.pool, "drone-01", "drone", Some("Alpha"))
+        .await
+        .unwrap();
+    assert_eq!(
+        vehicle_for_token(&db.pool, &token)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("drone-01")
+    );
     assert_eq!(vehicle_for_token(&db.pool, "fw_wrong").await.unwrap(), None);
     assert!(vehicle_exists(&db.pool, "drone-01").await.unwrap());
     assert!(!vehicle_exists(&db.pool, "drone-02").await.unwrap());
-    assert!(matches!(add_vehicle(&db.pool, "drone-01", "drone", None).await, Err(DbError::VehicleExists(_))));
-    assert!(matches!(add_vehicle(&db.pool, "bad/id", "drone", None).await, Err(DbError::InvalidVehicleId(_))));
+    assert!(matches!(
+        add_vehicle(&db.pool, "drone-01", "drone", None).await,
+        Err(DbError::VehicleExists(_))
+    ));
+    assert!(matches!(
+        add_vehicle(&db.pool, "bad/id", "drone", None).await,
+        Err(DbError::InvalidVehicleId(_))
+    ));
     // The kind is constrained by the schema.
-    assert!(add_vehicle(&db.pool, "x-1", "submarine", None).await.is_err());
+    assert!(
+        add_vehicle(&db.pool, "x-1", "submarine", None)
+            .await
+            .is_err()
+    );
 
     let new = rotate_token(&db.pool, "drone-01").await.unwrap().unwrap();
-    assert_eq!(vehicle_for_token(&db.pool, &token).await.unwrap(), None, "old token stops working");
-    assert_eq!(vehicle_for_token(&db.pool, &new).await.unwrap().as_deref(), Some("drone-01"));
+    assert_eq!(
+        vehicle_for_token(&db.pool, &token).await.unwrap(),
+        None,
+        "old token stops working"
+    );
+    assert_eq!(
+        vehicle_for_token(&db.pool, &new).await.unwrap().as_deref(),
+        Some("drone-01")
+    );
     assert_eq!(rotate_token(&db.pool, "nope").await.unwrap(), None);
 }
 
@@ -61,28 +88,43 @@ async fn partitions_are_created_on_demand_and_dropped_by_retention() {
     assert_eq!(n, 9);
     // A point 40 days old needs its partition first.
     let old = "now() - interval '40 days'";
-    let insert = format!("INSERT INTO telemetry (vehicle_id, time, lat, lon) VALUES ('v', {old}, 1, 2)");
-    assert!(sqlx::query(&insert).execute(&db.pool).await.is_err(), "no partition yet");
-    sqlx::query(&format!("SELECT fleetwatch_ensure_telemetry_partition(({old})::date)"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    let insert =
+        format!("INSERT INTO telemetry (vehicle_id, time, lat, lon) VALUES ('v', {old}, 1, 2)");
+    assert!(
+        sqlx::query(&insert).execute(&db.pool).await.is_err(),
+        "no partition yet"
+    );
+    sqlx::query(&format!(
+        "SELECT fleetwatch_ensure_telemetry_partition(({old})::date)"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     // Idempotent.
-    sqlx::query(&format!("SELECT fleetwatch_ensure_telemetry_partition(({old})::date)"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "SELECT fleetwatch_ensure_telemetry_partition(({old})::date)"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     sqlx::query(&insert).execute(&db.pool).await.unwrap();
     sqlx::query("INSERT INTO telemetry (vehicle_id, time, lat, lon) VALUES ('v', now(), 1, 2)")
         .execute(&db.pool)
         .await
         .unwrap();
 
-    let dropped: Vec<String> = sqlx::query_scalar("SELECT fleetwatch_drop_telemetry_partitions(30)")
-        .fetch_all(&db.pool)
+    let dropped: Vec<String> =
+        sqlx::query_scalar("SELECT fleetwatch_drop_telemetry_partitions(30)")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry")
+        .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(dropped.len(), 1, "{dropped:?}");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(left, 1, "today's point stays, the old one went with its partition");
+    assert_eq!(
+        left, 1,
+        "today's point stays, the old one went with its partition"
+    );
 }

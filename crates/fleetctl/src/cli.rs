@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "fleetctl", version, about = "Fleetwatch operator and data-engineer CLI")]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Fleetwatch operator and data-engineer CLI"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -25,7 +29,12 @@ pub struct Global {
     )]
     pub database_url: String,
     /// Kafka bootstrap servers (`host:port[,host:port]`).
-    #[arg(long, global = true, env = "FLEETWATCH_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETWATCH_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     pub bootstrap_servers: String,
     /// Optional TOML file, e.g. `[topics.partitions] "fleet.telemetry.v1" = 12`.
     #[arg(long, global = true, env = "FLEETCTL_CONFIG")]
@@ -139,10 +148,18 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value = "http")]
     pub protocol: Protocol,
     /// Ingest HTTP base URL (telemetry over HTTP, frames, detections).
-    #[arg(long, env = "FLEETWATCH_INGEST_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "FLEETWATCH_INGEST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub ingest_url: String,
     /// Ingest gRPC endpoint.
-    #[arg(long, env = "FLEETWATCH_INGEST_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "FLEETWATCH_INGEST_GRPC_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub grpc_url: String,
     /// MQTT broker `host:port`; telemetry goes to `fleet/<id>/telemetry` with QoS 1.
     #[arg(long, env = "FLEETWATCH_MQTT", default_value = "127.0.0.1:1883")]
@@ -195,9 +212,17 @@ pub struct TailArgs {
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("{s:?} is not WxH, e.g. 640x480"))?;
-    let w: u32 = w.trim().parse().map_err(|_| format!("bad width in {s:?}"))?;
-    let h: u32 = h.trim().parse().map_err(|_| format!("bad height in {s:?}"))?;
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not WxH, e.g. 640x480"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in {s:?}"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in {s:?}"))?;
     if !(32..=4096).contains(&w) || !(32..=4096).contains(&h) {
         return Err(format!("{s}: width and height must be 32..4096"));
     }
@@ -205,12 +230,22 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 }
 
 fn parse_center(s: &str) -> Result<(f64, f64), String> {
-    let (lat, lon) = s.split_once(',').ok_or_else(|| format!("{s:?} is not lat,lon, e.g. 59.437,24.7536"))?;
-    let lat: f64 = lat.trim().parse().map_err(|_| format!("bad latitude in {s:?}"))?;
-    let lon: f64 = lon.trim().parse().map_err(|_| format!("bad longitude in {s:?}"))?;
+    let (lat, lon) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?} is not lat,lon, e.g. 59.437,24.7536"))?;
+    let lat: f64 = lat
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad latitude in {s:?}"))?;
+    let lon: f64 = lon
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad longitude in {s:?}"))?;
     // Tracks run in a local flat frame; near the poles it would degenerate.
     if !(-80.0..=80.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-        return Err(format!("{s}: latitude must be within ±80 and longitude within ±180"));
+        return Err(format!(
+            "{s}: latitude must be within ±80 and longitude within ±180"
+        ));
     }
     Ok((lat, lon))
 }

@@ -28,37 +28,60 @@ pub fn redact(url: &str) -> String {
 /// `host:port` of a database URL, for "cannot reach" messages.
 pub fn server_of(url: &str) -> String {
     url::Url::parse(url)
-        .map(|u| format!("{}:{}", u.host_str().unwrap_or("localhost"), u.port().unwrap_or(5432)))
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("localhost"),
+                u.port().unwrap_or(5432)
+            )
+        })
         .unwrap_or_else(|_| redact(url))
 }
 
 pub fn db_config(url: &str) -> DbConfig {
-    DbConfig { url: url.to_string(), max_connections: 2, connect_timeout_ms: 3_000 }
+    DbConfig {
+        url: url.to_string(),
+        max_connections: 2,
+        connect_timeout_ms: 3_000,
+    }
 }
 
 /// Connects without a schema check (migrate).
 pub async fn db_unchecked(url: &str) -> anyhow::Result<PgPool> {
-    fleetwatch_db::connect(&db_config(url)).await.map_err(|e| explain_db(url, e))
+    fleetwatch_db::connect(&db_config(url))
+        .await
+        .map_err(|e| explain_db(url, e))
 }
 
 /// Connects and refuses a schema other than this build's.
 pub async fn db(url: &str) -> anyhow::Result<PgPool> {
-    fleetwatch_db::connect_checked(&db_config(url)).await.map_err(|e| explain_db(url, e))
+    fleetwatch_db::connect_checked(&db_config(url))
+        .await
+        .map_err(|e| explain_db(url, e))
 }
 
 pub fn explain_db(url: &str, e: DbError) -> anyhow::Error {
     let server = server_of(url);
     match &e {
-        DbError::Connect(sqlx::Error::Database(d)) if d.code().as_deref() == Some("3D000") => anyhow!(
-            "database in {} does not exist: run `fleetctl migrate --create-database`, or fix --database-url / FLEETWATCH_DATABASE_URL",
-            redact(url)
-        ),
-        DbError::Connect(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("28P01" | "28000")) => anyhow!(
-            "Postgres at {server} refused the login ({}): check the user and password in --database-url / FLEETWATCH_DATABASE_URL",
-            d.message()
-        ),
+        DbError::Connect(sqlx::Error::Database(d)) if d.code().as_deref() == Some("3D000") => {
+            anyhow!(
+                "database in {} does not exist: run `fleetctl migrate --create-database`, or fix --database-url / FLEETWATCH_DATABASE_URL",
+                redact(url)
+            )
+        }
+        DbError::Connect(sqlx::Error::Database(d))
+            if matches!(d.code().as_deref(), Some("28P01" | "28000")) =>
+        {
+            anyhow!(
+                "Postgres at {server} refused the login ({}): check the user and password in --database-url / FLEETWATCH_DATABASE_URL",
+                d.message()
+            )
+        }
         DbError::Connect(sqlx::Error::Configuration(c)) => {
-            anyhow!("invalid --database-url / FLEETWATCH_DATABASE_URL {}: {c}", redact(url))
+            anyhow!(
+                "invalid --database-url / FLEETWATCH_DATABASE_URL {}: {c}",
+                redact(url)
+            )
         }
         DbError::Connect(inner) => anyhow!(
             "cannot reach Postgres at {server} ({inner}): is it running? set --database-url / FLEETWATCH_DATABASE_URL"
@@ -68,7 +91,10 @@ pub fn explain_db(url: &str, e: DbError) -> anyhow::Error {
 }
 
 pub fn kafka_config(g: &Global) -> KafkaConfig {
-    KafkaConfig { bootstrap_servers: g.bootstrap_servers.clone(), ..Default::default() }
+    KafkaConfig {
+        bootstrap_servers: g.bootstrap_servers.clone(),
+        ..Default::default()
+    }
 }
 
 /// A librdkafka client config for the CLI's own metadata and tail clients.
@@ -106,6 +132,9 @@ mod tests {
         let r = redact("postgres://u:secret@db:5433/fw");
         assert!(!r.contains("secret"), "{r}");
         assert_eq!(server_of("postgres://u:secret@db:5433/fw"), "db:5433");
-        assert_eq!(server_of("postgres://postgres@127.0.0.1/fw"), "127.0.0.1:5432");
+        assert_eq!(
+            server_of("postgres://postgres@127.0.0.1/fw"),
+            "127.0.0.1:5432"
+        );
     }
 }

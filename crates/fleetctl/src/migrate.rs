@@ -20,7 +20,9 @@ pub async fn run(g: &Global, create_database: bool) -> anyhow::Result<()> {
             println!("applied migration {v}");
         }
     }
-    fleetwatch_db::check_schema(&pool).await.context("schema check after migrating failed")?;
+    fleetwatch_db::check_schema(&pool)
+        .await
+        .context("schema check after migrating failed")?;
     println!("schema version {}", fleetwatch_db::expected_version());
     pool.close().await;
     Ok(())
@@ -28,15 +30,22 @@ pub async fn run(g: &Global, create_database: bool) -> anyhow::Result<()> {
 
 /// The database name of a URL and the URL of the `postgres` database on the same server.
 fn split_database(url: &str) -> anyhow::Result<(String, String)> {
-    let mut u = url::Url::parse(url)
-        .map_err(|e| anyhow!("invalid --database-url / FLEETWATCH_DATABASE_URL {}: {e}", connect::redact(url)))?;
+    let mut u = url::Url::parse(url).map_err(|e| {
+        anyhow!(
+            "invalid --database-url / FLEETWATCH_DATABASE_URL {}: {e}",
+            connect::redact(url)
+        )
+    })?;
     let name = u.path().trim_start_matches('/').to_string();
     anyhow::ensure!(
         !name.is_empty() && !name.contains('/'),
         "--database-url {} names no database: end it with /fleetwatch",
         connect::redact(url)
     );
-    anyhow::ensure!(!name.contains('%'), "database names with escaped characters are not supported: {name}");
+    anyhow::ensure!(
+        !name.contains('%'),
+        "database names with escaped characters are not supported: {name}"
+    );
     u.set_path("/postgres");
     Ok((name, u.to_string()))
 }
@@ -44,16 +53,20 @@ fn split_database(url: &str) -> anyhow::Result<(String, String)> {
 async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     let (name, admin_url) = split_database(url)?;
     let admin = connect::db_unchecked(&admin_url).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&admin)
-        .await
-        .context("cannot list databases")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .context("cannot list databases")?;
     if exists {
         println!("database {name} already exists");
     } else {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&admin).await {
+        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&admin)
+            .await
+        {
             Ok(_) => println!("created database {name}"),
             // 42P04: created concurrently by someone else, which is what we wanted.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {
@@ -76,7 +89,8 @@ mod tests {
 
     #[test]
     fn admin_url_keeps_server_and_credentials() {
-        let (name, admin) = split_database("postgres://u:p@db:5433/fleet_x?sslmode=disable").unwrap();
+        let (name, admin) =
+            split_database("postgres://u:p@db:5433/fleet_x?sslmode=disable").unwrap();
         assert_eq!(name, "fleet_x");
         assert_eq!(admin, "postgres://u:p@db:5433/postgres?sslmode=disable");
         assert!(split_database("postgres://db:5432").is_err());

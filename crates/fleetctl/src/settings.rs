@@ -27,15 +27,23 @@ pub struct TopicSettings {
 
 impl Default for TopicSettings {
     fn default() -> Self {
-        Self { default_partitions: 6, dlq_partitions: 1, replication: 1, partitions: BTreeMap::new() }
+        Self {
+            default_partitions: 6,
+            dlq_partitions: 1,
+            replication: 1,
+            partitions: BTreeMap::new(),
+        }
     }
 }
 
 impl Settings {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}: check --config", path.display()))?;
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read config file {}: check --config", path.display())
+        })?;
         Self::parse(&text).with_context(|| format!("config file {} is invalid", path.display()))
     }
 
@@ -68,8 +76,10 @@ mod tests {
 
     #[test]
     fn parses_partitions() {
-        let s = Settings::parse("[topics]\ndefault_partitions = 3\n[topics.partitions]\n\"fleet.telemetry.v1\" = 12\n")
-            .unwrap();
+        let s = Settings::parse(
+            "[topics]\ndefault_partitions = 3\n[topics.partitions]\n\"fleet.telemetry.v1\" = 12\n",
+        )
+        .unwrap();
         assert_eq!(s.topics.default_partitions, 3);
         assert_eq!(s.topics.partitions["fleet.telemetry.v1"], 12);
         assert_eq!(s.topics.dlq_partitions, 1);
@@ -78,8 +88,12 @@ mod tests {
     #[test]
     fn rejects_unknown_and_invalid() {
         assert!(Settings::parse("[topics]\nbogus = 1\n").is_err());
-        let e = Settings::parse("[topics]\nreplication = 0\n[topics.partitions]\na = 0\n").unwrap_err();
+        let e =
+            Settings::parse("[topics]\nreplication = 0\n[topics.partitions]\na = 0\n").unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("replication") && msg.contains("\"a\""), "{msg}");
+        assert!(
+            msg.contains("replication") && msg.contains("\"a\""),
+            "{msg}"
+        );
     }
 }

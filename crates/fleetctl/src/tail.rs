@@ -24,9 +24,16 @@ static POOL: LazyLock<Option<DescriptorPool>> =
 
 pub async fn run(g: &Global, args: TailArgs) -> anyhow::Result<()> {
     let md = connect::metadata(g, Some(&args.topic)).await?;
-    let t = md.topics().first().ok_or_else(|| anyhow!("broker returned no metadata for {}", args.topic))?;
+    let t = md
+        .topics()
+        .first()
+        .ok_or_else(|| anyhow!("broker returned no metadata for {}", args.topic))?;
     if t.error().is_some() || t.partitions().is_empty() {
-        anyhow::bail!("topic {} does not exist on {}: see `fleetctl topics list`", args.topic, g.bootstrap_servers);
+        anyhow::bail!(
+            "topic {} does not exist on {}: see `fleetctl topics list`",
+            args.topic,
+            g.bootstrap_servers
+        );
     }
     let consumer: StreamConsumer = connect::rdkafka_config(g)
         // Required by librdkafka even though no group is joined (manual assignment).
@@ -36,16 +43,26 @@ pub async fn run(g: &Global, args: TailArgs) -> anyhow::Result<()> {
         .create()
         .context("cannot create a Kafka consumer")?;
     let mut tpl = TopicPartitionList::new();
-    let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if args.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     for p in t.partitions() {
         tpl.add_partition_offset(&args.topic, p.id(), start)?;
     }
-    consumer.assign(&tpl).context("cannot assign the topic's partitions")?;
+    consumer
+        .assign(&tpl)
+        .context("cannot assign the topic's partitions")?;
     eprintln!(
         "tailing {} ({} partitions) from {}; Ctrl-C to stop",
         args.topic,
         t.partitions().len(),
-        if args.from_beginning { "the beginning" } else { "now" }
+        if args.from_beginning {
+            "the beginning"
+        } else {
+            "now"
+        }
     );
 
     let mut printed = 0u64;
@@ -83,7 +100,12 @@ pub fn type_for_topic(topic: &str) -> Option<&'static str> {
     ];
     table
         .iter()
-        .find(|(t, _)| base == *t || base.strip_prefix(*t).is_some_and(|rest| rest.starts_with('.')))
+        .find(|(t, _)| {
+            base == *t
+                || base
+                    .strip_prefix(*t)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
         .map(|(_, m)| *m)
 }
 
@@ -99,8 +121,13 @@ fn render(msg: &BorrowedMessage<'_>, with_frame_data: bool) -> Value {
             hdrs.insert(h.key.to_string(), v);
         }
     }
-    let type_header = hdrs.get(headers::MESSAGE_TYPE).and_then(Value::as_str).map(str::to_string);
-    let message_type = type_header.as_deref().or_else(|| type_for_topic(msg.topic()));
+    let type_header = hdrs
+        .get(headers::MESSAGE_TYPE)
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let message_type = type_header
+        .as_deref()
+        .or_else(|| type_for_topic(msg.topic()));
     let payload = msg.payload().unwrap_or_default();
     let is_dlq = msg.topic().ends_with(".dlq") || hdrs.keys().any(|k| k.starts_with("dlq-"));
 
@@ -111,7 +138,12 @@ fn render(msg: &BorrowedMessage<'_>, with_frame_data: bool) -> Value {
     if let Some(ms) = msg.timestamp().to_millis() {
         out.insert("timestamp_ms".into(), ms.into());
     }
-    out.insert("key".into(), msg.key().map(|k| String::from_utf8_lossy(k).into_owned()).into());
+    out.insert(
+        "key".into(),
+        msg.key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .into(),
+    );
     out.insert("headers".into(), Value::Object(hdrs));
     out.insert("type".into(), message_type.into());
     match message_type.map(|t| decode(t, payload, with_frame_data)) {
@@ -134,16 +166,27 @@ fn render(msg: &BorrowedMessage<'_>, with_frame_data: bool) -> Value {
 /// Decodes a protobuf value of a v1 message type into proto-JSON (field
 /// names as in the .proto files, 64-bit integers as numbers).
 pub fn decode(message_type: &str, payload: &[u8], with_frame_data: bool) -> Result<Value, String> {
-    let pool = POOL.as_ref().ok_or("the embedded protobuf descriptors are unreadable")?;
-    let desc = pool.get_message_by_name(message_type).ok_or_else(|| format!("unknown message type {message_type}"))?;
-    let mut msg = DynamicMessage::decode(desc, payload).map_err(|e| format!("not a valid {message_type}: {e}"))?;
+    let pool = POOL
+        .as_ref()
+        .ok_or("the embedded protobuf descriptors are unreadable")?;
+    let desc = pool
+        .get_message_by_name(message_type)
+        .ok_or_else(|| format!("unknown message type {message_type}"))?;
+    let mut msg = DynamicMessage::decode(desc, payload)
+        .map_err(|e| format!("not a valid {message_type}: {e}"))?;
     let mut frame_bytes = None;
     if message_type == message_types::FRAME && !with_frame_data {
-        frame_bytes = msg.get_field_by_name("data").and_then(|v| v.as_bytes().map(|b| b.len()));
+        frame_bytes = msg
+            .get_field_by_name("data")
+            .and_then(|v| v.as_bytes().map(|b| b.len()));
         msg.clear_field_by_name("data");
     }
-    let opts = SerializeOptions::new().stringify_64_bit_integers(false).use_proto_field_name(true);
-    let mut v = msg.serialize_with_options(serde_json::value::Serializer, &opts).map_err(|e| e.to_string())?;
+    let opts = SerializeOptions::new()
+        .stringify_64_bit_integers(false)
+        .use_proto_field_name(true);
+    let mut v = msg
+        .serialize_with_options(serde_json::value::Serializer, &opts)
+        .map_err(|e| e.to_string())?;
     if let (Some(n), Some(obj)) = (frame_bytes, v.as_object_mut()) {
         obj.insert("data_bytes".into(), n.into());
     }
@@ -158,11 +201,26 @@ mod tests {
 
     #[test]
     fn topic_names_map_to_types() {
-        assert_eq!(type_for_topic("fleet.telemetry.v1"), Some(message_types::TELEMETRY_BATCH));
-        assert_eq!(type_for_topic("fleet.telemetry.v1.dlq"), Some(message_types::TELEMETRY_BATCH));
-        assert_eq!(type_for_topic("fleet.telemetry.v1.t00ab.dlq"), Some(message_types::TELEMETRY_BATCH));
-        assert_eq!(type_for_topic("fleet.commands.v1"), Some(message_types::COMMAND));
-        assert_eq!(type_for_topic("fleet.command-status.v1"), Some(message_types::COMMAND_STATUS));
+        assert_eq!(
+            type_for_topic("fleet.telemetry.v1"),
+            Some(message_types::TELEMETRY_BATCH)
+        );
+        assert_eq!(
+            type_for_topic("fleet.telemetry.v1.dlq"),
+            Some(message_types::TELEMETRY_BATCH)
+        );
+        assert_eq!(
+            type_for_topic("fleet.telemetry.v1.t00ab.dlq"),
+            Some(message_types::TELEMETRY_BATCH)
+        );
+        assert_eq!(
+            type_for_topic("fleet.commands.v1"),
+            Some(message_types::COMMAND)
+        );
+        assert_eq!(
+            type_for_topic("fleet.command-status.v1"),
+            Some(message_types::COMMAND_STATUS)
+        );
         assert_eq!(type_for_topic("fleet.telemetry.v10"), None);
         assert_eq!(type_for_topic("other"), None);
     }
@@ -190,7 +248,11 @@ mod tests {
 
     #[test]
     fn frame_data_is_summarised() {
-        let f = Frame { vehicle_id: "d1".into(), data: vec![7; 1000], ..Default::default() };
+        let f = Frame {
+            vehicle_id: "d1".into(),
+            data: vec![7; 1000],
+            ..Default::default()
+        };
         let v = decode(message_types::FRAME, &f.encode_to_vec(), false).unwrap();
         assert_eq!(v["data_bytes"], 1000);
         assert!(v.get("data").is_none());

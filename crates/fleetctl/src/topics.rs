@@ -10,13 +10,20 @@ use crate::settings::Settings;
 
 pub async fn run(g: &Global, cmd: TopicsCommand) -> anyhow::Result<()> {
     match cmd {
-        TopicsCommand::Create { partitions, replication } => create(g, partitions, replication).await,
+        TopicsCommand::Create {
+            partitions,
+            replication,
+        } => create(g, partitions, replication).await,
         TopicsCommand::List => list(g).await,
     }
 }
 
 /// Every v1 topic and its `.dlq`, with partition counts from the settings.
-pub fn specs(settings: &Settings, partitions: Option<i32>, replication: Option<i32>) -> anyhow::Result<Vec<TopicSpec>> {
+pub fn specs(
+    settings: &Settings,
+    partitions: Option<i32>,
+    replication: Option<i32>,
+) -> anyhow::Result<Vec<TopicSpec>> {
     let t = &settings.topics;
     let default = partitions.unwrap_or(t.default_partitions);
     let replication = replication.unwrap_or(t.replication);
@@ -38,12 +45,19 @@ pub fn specs(settings: &Settings, partitions: Option<i32>, replication: Option<i
     }
     let known: Vec<&str> = out.iter().map(|s| s.name.as_str()).collect();
     if let Some(unknown) = t.partitions.keys().find(|k| !known.contains(&k.as_str())) {
-        anyhow::bail!("config names unknown topic {unknown:?} in [topics.partitions]; known: {}", known.join(", "));
+        anyhow::bail!(
+            "config names unknown topic {unknown:?} in [topics.partitions]; known: {}",
+            known.join(", ")
+        );
     }
     Ok(out)
 }
 
-async fn create(g: &Global, partitions: Option<i32>, replication: Option<i32>) -> anyhow::Result<()> {
+async fn create(
+    g: &Global,
+    partitions: Option<i32>,
+    replication: Option<i32>,
+) -> anyhow::Result<()> {
     let settings = Settings::load(g.config.as_deref())?;
     let specs = specs(&settings, partitions, replication)?;
     // A metadata round-trip first turns an absent broker into a clear error
@@ -54,7 +68,11 @@ async fn create(g: &Global, partitions: Option<i32>, replication: Option<i32>) -
         .with_context(|| format!("creating topics on {} failed", g.bootstrap_servers))?;
     let (mut new, mut existed) = (0, 0);
     for (name, outcome) in &results {
-        let partitions = specs.iter().find(|s| &s.name == name).map(|s| s.partitions).unwrap_or(0);
+        let partitions = specs
+            .iter()
+            .find(|s| &s.name == name)
+            .map(|s| s.partitions)
+            .unwrap_or(0);
         match outcome {
             Created::New => {
                 new += 1;
@@ -66,14 +84,20 @@ async fn create(g: &Global, partitions: Option<i32>, replication: Option<i32>) -
             }
         }
     }
-    eprintln!("{new} created, {existed} already existed on {}", g.bootstrap_servers);
+    eprintln!(
+        "{new} created, {existed} already existed on {}",
+        g.bootstrap_servers
+    );
     Ok(())
 }
 
 async fn list(g: &Global) -> anyhow::Result<()> {
     let md = connect::metadata(g, None).await?;
-    let mut rows: Vec<(String, usize)> =
-        md.topics().iter().map(|t| (t.name().to_string(), t.partitions().len())).collect();
+    let mut rows: Vec<(String, usize)> = md
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect();
     rows.sort();
     let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
     println!("{:<width$}  PARTITIONS", "TOPIC");
@@ -89,7 +113,10 @@ mod tests {
 
     #[test]
     fn specs_use_config_and_defaults() {
-        let s = Settings::parse("[topics.partitions]\n\"fleet.telemetry.v1\" = 12\n\"fleet.frames.v1.dlq\" = 2\n").unwrap();
+        let s = Settings::parse(
+            "[topics.partitions]\n\"fleet.telemetry.v1\" = 12\n\"fleet.frames.v1.dlq\" = 2\n",
+        )
+        .unwrap();
         let specs = specs(&s, Some(3), None).unwrap();
         assert_eq!(specs.len(), topics::ALL.len() * 2);
         let p = |n: &str| specs.iter().find(|s| s.name == n).unwrap().partitions;

@@ -16,29 +16,43 @@ pub async fn run(g: &Global, cmd: VehiclesCommand) -> anyhow::Result<()> {
     let pool = connect::db(&g.database_url).await?;
     match cmd {
         VehiclesCommand::Add { id, kind, name } => {
-            let token = match fleetwatch_db::add_vehicle(&pool, &id, kind.as_str(), name.as_deref()).await {
+            let token = match fleetwatch_db::add_vehicle(&pool, &id, kind.as_str(), name.as_deref())
+                .await
+            {
                 Ok(t) => t,
                 Err(DbError::VehicleExists(_)) => anyhow::bail!(
                     "vehicle {id} already exists: use `fleetctl vehicles rotate-token {id}` for a new token"
                 ),
                 Err(e @ DbError::InvalidVehicleId(_)) => return Err(e.into()),
-                Err(e) => return Err(e).with_context(|| format!("registering vehicle {id} failed")),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("registering vehicle {id} failed"));
+                }
             };
-            eprintln!("registered {} {id}; its token is shown only now:", kind.as_str());
+            eprintln!(
+                "registered {} {id}; its token is shown only now:",
+                kind.as_str()
+            );
             println!("{token}");
         }
         VehiclesCommand::List => {
-            let rows: Vec<VehicleRow> =
-                sqlx::query_as("SELECT id, kind, name, active, created_at FROM vehicles ORDER BY id")
-                    .fetch_all(&pool)
-                    .await
-                    .context("listing vehicles failed")?;
+            let rows: Vec<VehicleRow> = sqlx::query_as(
+                "SELECT id, kind, name, active, created_at FROM vehicles ORDER BY id",
+            )
+            .fetch_all(&pool)
+            .await
+            .context("listing vehicles failed")?;
             let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(2).max(2);
-            println!("{:<width$}  {:<6}  {:<8}  {:<20}  NAME", "ID", "KIND", "STATUS", "CREATED");
+            println!(
+                "{:<width$}  {:<6}  {:<8}  {:<20}  NAME",
+                "ID", "KIND", "STATUS", "CREATED"
+            );
             for (id, kind, name, active, created) in &rows {
                 let status = if *active { "active" } else { "disabled" };
                 let created = created.format("%Y-%m-%d %H:%M:%S");
-                println!("{id:<width$}  {kind:<6}  {status:<8}  {created:<20}  {}", name.as_deref().unwrap_or(""));
+                println!(
+                    "{id:<width$}  {kind:<6}  {status:<8}  {created:<20}  {}",
+                    name.as_deref().unwrap_or("")
+                );
             }
             eprintln!("{} vehicles", rows.len());
         }
@@ -46,7 +60,9 @@ pub async fn run(g: &Global, cmd: VehiclesCommand) -> anyhow::Result<()> {
             let token = fleetwatch_db::rotate_token(&pool, &id)
                 .await
                 .with_context(|| format!("rotating the token of {id} failed"))?
-                .with_context(|| format!("no vehicle {id}: register it with `fleetctl vehicles add {id}`"))?;
+                .with_context(|| {
+                    format!("no vehicle {id}: register it with `fleetctl vehicles add {id}`")
+                })?;
             eprintln!("new token for {id} (the old one no longer works):");
             println!("{token}");
         }

@@ -17,7 +17,9 @@ use serde_json::Value;
 use tonic::{Request, Response, Status, Streaming};
 
 fn time_us(v: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap().timestamp_micros()
+    chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap())
+        .unwrap()
+        .timestamp_micros()
 }
 
 #[tokio::test]
@@ -28,22 +30,56 @@ async fn http_honours_retry_after_and_resends_the_same_points() {
     write_tokens(&tokens, &[("h-001", "tok-1"), ("h-002", "tok-2")]);
     let out = fleetctl(
         &[
-            "simulate", "--vehicles", "2", "--prefix", "h", "--kind", "mixed", "--rate", "20", "--batch", "5",
-            "--duration", "3", "--tokens-file", tokens.to_str().unwrap(), "--ingest-url", &ingest.url(),
-            "--frames-fps", "2", "--frame-size", "160x120", "--detections", "--seed", "1",
+            "simulate",
+            "--vehicles",
+            "2",
+            "--prefix",
+            "h",
+            "--kind",
+            "mixed",
+            "--rate",
+            "20",
+            "--batch",
+            "5",
+            "--duration",
+            "3",
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+            "--ingest-url",
+            &ingest.url(),
+            "--frames-fps",
+            "2",
+            "--frame-size",
+            "160x120",
+            "--detections",
+            "--seed",
+            "1",
         ],
         &[],
     )
     .await;
-    assert!(out.status.success(), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
     let summary = stdout(&out);
     assert!(summary.contains("503 2"), "{summary}");
 
     let seen = ingest.seen();
-    let telemetry: Vec<_> = seen.iter().filter(|r| r.path == "/api/v1/telemetry").collect();
+    let telemetry: Vec<_> = seen
+        .iter()
+        .filter(|r| r.path == "/api/v1/telemetry")
+        .collect();
     // Every body answered 503 came again, byte for byte.
     for busy in telemetry.iter().filter(|r| r.status == 503) {
-        assert!(telemetry.iter().any(|r| r.status == 200 && r.body == busy.body), "a 503'd batch was not resent");
+        assert!(
+            telemetry
+                .iter()
+                .any(|r| r.status == 200 && r.body == busy.body),
+            "a 503'd batch was not resent"
+        );
     }
     let mut per_vehicle: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for r in telemetry.iter().filter(|r| r.status == 200) {
@@ -52,7 +88,11 @@ async fn http_honours_retry_after_and_resends_the_same_points() {
         assert_eq!(batch.len(), 5, "--batch 5 sends arrays of 5");
         for p in &batch {
             let id = p["vehicle_id"].as_str().unwrap().to_string();
-            let want = if id == "h-001" { "Bearer tok-1" } else { "Bearer tok-2" };
+            let want = if id == "h-001" {
+                "Bearer tok-1"
+            } else {
+                "Bearer tok-2"
+            };
             assert_eq!(r.auth, want);
             for f in ["lat", "lon", "alt", "speed", "heading", "battery"] {
                 assert!(p[f].is_number(), "{f} missing in {p}");
@@ -65,20 +105,32 @@ async fn http_honours_retry_after_and_resends_the_same_points() {
     // 2 vehicles x 20 points/s x 3 s, less the second lost to Retry-After.
     assert!((60..=130).contains(&total), "{total} points accepted");
     for (id, times) in &per_vehicle {
-        assert!(times.windows(2).all(|w| w[0] < w[1]), "{id}: times not strictly increasing");
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "{id}: times not strictly increasing"
+        );
     }
 
     let frames: Vec<_> = seen.iter().filter(|r| r.path == "/api/v1/frames").collect();
     assert!(frames.len() >= 4, "{} frames", frames.len());
     for f in &frames {
         assert_eq!(f.content_type, "image/jpeg");
-        assert!(f.query.contains("timestamp=") && f.query.contains("frame_id="), "{}", f.query);
+        assert!(
+            f.query.contains("timestamp=") && f.query.contains("frame_id="),
+            "{}",
+            f.query
+        );
         let img = image::load_from_memory_with_format(&f.body, image::ImageFormat::Jpeg).unwrap();
         assert_eq!((img.width(), img.height()), (160, 120));
     }
     for d in seen.iter().filter(|r| r.path == "/api/v1/detections") {
         let v: Value = serde_json::from_slice(&d.body).unwrap();
-        assert!(v["frame_id"].as_str().unwrap().starts_with(v["vehicle_id"].as_str().unwrap()));
+        assert!(
+            v["frame_id"]
+                .as_str()
+                .unwrap()
+                .starts_with(v["vehicle_id"].as_str().unwrap())
+        );
         assert_eq!(v["detections"][0]["bbox"].as_array().unwrap().len(), 4);
     }
 }
@@ -88,7 +140,18 @@ async fn exits_non_zero_when_nothing_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.json");
     write_tokens(&tokens, &[("r-001", "bad")]);
-    let base = ["simulate", "--vehicles", "1", "--prefix", "r", "--rate", "10", "--duration", "1", "--tokens-file"];
+    let base = [
+        "simulate",
+        "--vehicles",
+        "1",
+        "--prefix",
+        "r",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+        "--tokens-file",
+    ];
 
     let ingest = FakeIngest::start(Mode::Always(401)).await;
     let url = ingest.url();
@@ -96,10 +159,22 @@ async fn exits_non_zero_when_nothing_is_acknowledged() {
     args.extend([tokens.to_str().unwrap(), "--ingest-url", &url]);
     let out = fleetctl(&args, &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stdout(&out).contains("first 4xx") && stdout(&out).contains("401"), "{}", stdout(&out));
-    assert!(stderr(&out).contains("nothing was acknowledged"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("first 4xx") && stdout(&out).contains("401"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("nothing was acknowledged"),
+        "{}",
+        stderr(&out)
+    );
     // A 4xx is never retried: one request per tick at most.
-    assert!(ingest.seen().len() <= 12, "{} requests", ingest.seen().len());
+    assert!(
+        ingest.seen().len() <= 12,
+        "{} requests",
+        ingest.seen().len()
+    );
 
     let url = format!("http://127.0.0.1:{}", fleetwatch_testkit::free_port());
     let mut args = base.to_vec();
@@ -107,23 +182,46 @@ async fn exits_non_zero_when_nothing_is_acknowledged() {
     let out = fleetctl(&args, &[]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("connection"), "{}", stdout(&out));
-    assert!(stderr(&out).contains("is ingest running"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is ingest running"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
 async fn missing_tokens_and_bad_options_fail_before_sending() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("none.json");
-    let out = fleetctl(&["simulate", "--duration", "1", "--tokens-file", tokens.to_str().unwrap()], &[]).await;
+    let out = fleetctl(
+        &[
+            "simulate",
+            "--duration",
+            "1",
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--register"), "{}", stderr(&out));
 
-    for bad in [["--rate", "0"], ["--batch", "0"], ["--prefix", "a/b"], ["--frame-size", "10"]] {
+    for bad in [
+        ["--rate", "0"],
+        ["--batch", "0"],
+        ["--prefix", "a/b"],
+        ["--frame-size", "10"],
+    ] {
         let mut args = vec!["simulate", "--duration", "1"];
         args.extend(bad);
         let out = fleetctl(&args, &[]).await;
         assert!(!out.status.success(), "{bad:?} accepted");
-        assert!(stderr(&out).contains(bad[0]) || stderr(&out).contains("WxH"), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(bad[0]) || stderr(&out).contains("WxH"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -134,8 +232,20 @@ async fn register_creates_tokens_once_and_reuses_them() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join(".fleetwatch/sim-tokens.json");
     let args = [
-        "simulate", "--register", "--vehicles", "3", "--kind", "mixed", "--duration", "0.5", "--tokens-file",
-        tokens.to_str().unwrap(), "--ingest-url", &ingest.url(), "--database-url", &db.url,
+        "simulate",
+        "--register",
+        "--vehicles",
+        "3",
+        "--kind",
+        "mixed",
+        "--duration",
+        "0.5",
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+        "--ingest-url",
+        &ingest.url(),
+        "--database-url",
+        &db.url,
     ];
     let out = fleetctl(&args, &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -147,9 +257,18 @@ async fn register_creates_tokens_once_and_reuses_them() {
     let first = read();
     assert_eq!(first.len(), 3);
     for (id, token) in &first {
-        assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, token).await.unwrap().as_deref(), Some(id.as_str()));
+        assert_eq!(
+            fleetwatch_db::vehicle_for_token(&db.pool, token)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(id.as_str())
+        );
     }
-    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM vehicles ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM vehicles ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(kinds, ["drone", "drone", "vessel"]);
 
     let out = fleetctl(&args, &[]).await;
@@ -158,15 +277,32 @@ async fn register_creates_tokens_once_and_reuses_them() {
     assert_eq!(read(), first);
 
     // A token that stopped working (rotated elsewhere) is replaced.
-    fleetwatch_db::rotate_token(&db.pool, "sim-002").await.unwrap();
+    fleetwatch_db::rotate_token(&db.pool, "sim-002")
+        .await
+        .unwrap();
     let out = fleetctl(&args, &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("1 given new tokens"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 given new tokens"),
+        "{}",
+        stderr(&out)
+    );
     let third = read();
     assert_ne!(third["sim-002"], first["sim-002"]);
-    assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, &third["sim-002"]).await.unwrap().as_deref(), Some("sim-002"));
+    assert_eq!(
+        fleetwatch_db::vehicle_for_token(&db.pool, &third["sim-002"])
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("sim-002")
+    );
     // Every request carried one of the registered tokens.
-    assert!(ingest.seen().iter().all(|r| r.auth.starts_with("Bearer fw_")));
+    assert!(
+        ingest
+            .seen()
+            .iter()
+            .all(|r| r.auth.starts_with("Bearer fw_"))
+    );
 }
 
 #[tokio::test]
@@ -177,7 +313,10 @@ async fn mqtt_publishes_json_to_each_vehicles_topic() {
     opts.set_keep_alive(Duration::from_secs(10));
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
     // `+` must be a whole level, so filter on the prefix here.
-    client.subscribe("fleet/+/telemetry", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe("fleet/+/telemetry", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
     let subscribed = Arc::new(tokio::sync::Notify::new());
     {
@@ -186,29 +325,62 @@ async fn mqtt_publishes_json_to_each_vehicles_topic() {
             while let Ok(ev) = eventloop.poll().await {
                 match ev {
                     rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => subscribed.notify_one(),
-                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) if p.topic.starts_with(&format!("fleet/{prefix}-")) => {
-                        got.lock().unwrap().push((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap()));
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))
+                        if p.topic.starts_with(&format!("fleet/{prefix}-")) =>
+                    {
+                        got.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap()));
                     }
                     _ => {}
                 }
             }
         });
     }
-    tokio::time::timeout(Duration::from_secs(10), subscribed.notified()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), subscribed.notified())
+        .await
+        .unwrap();
 
     let mqtt = format!("{host}:{port}");
     let out = fleetctl(
-        &["simulate", "--protocol", "mqtt", "--mqtt", &mqtt, "--vehicles", "2", "--prefix", &prefix, "--rate", "10",
-          "--batch", "2", "--duration", "2"],
+        &[
+            "simulate",
+            "--protocol",
+            "mqtt",
+            "--mqtt",
+            &mqtt,
+            "--vehicles",
+            "2",
+            "--prefix",
+            &prefix,
+            "--rate",
+            "10",
+            "--batch",
+            "2",
+            "--duration",
+            "2",
+        ],
         &[],
     )
     .await;
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let summary = stdout(&out);
-    let points = summary.lines().find(|l| l.trim_start().starts_with("points")).unwrap();
-    let n: usize = points.split_whitespace().nth(2).unwrap().trim_end_matches(',').parse().unwrap();
+    let points = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("points"))
+        .unwrap();
+    let n: usize = points
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(',')
+        .parse()
+        .unwrap();
     assert!((30..=44).contains(&n), "{points}");
-    assert!(points.contains(&format!("acked {n} ")), "every publish acknowledged: {points}");
+    assert!(
+        points.contains(&format!("acked {n} ")),
+        "every publish acknowledged: {points}"
+    );
 
     let got = wait_for("the published points", Duration::from_secs(10), || {
         let got = got.clone();
@@ -244,8 +416,16 @@ struct FakeGrpcState {
 
 #[tonic::async_trait]
 impl IngestService for FakeGrpc {
-    async fn stream_telemetry(&self, req: Request<Streaming<TelemetryChunk>>) -> Result<Response<IngestAck>, Status> {
-        let auth = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    async fn stream_telemetry(
+        &self,
+        req: Request<Streaming<TelemetryChunk>>,
+    ) -> Result<Response<IngestAck>, Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         self.0.auth.lock().unwrap().push(auth);
         let mut stream = req.into_inner();
         let mut points = Vec::new();
@@ -264,7 +444,10 @@ impl IngestService for FakeGrpc {
         self.0.accepted.lock().unwrap().extend(points);
         Ok(Response::new(IngestAck { accepted: n }))
     }
-    async fn send_detections(&self, _: Request<DetectionBatch>) -> Result<Response<IngestAck>, Status> {
+    async fn send_detections(
+        &self,
+        _: Request<DetectionBatch>,
+    ) -> Result<Response<IngestAck>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
     async fn send_frame(&self, _: Request<Frame>) -> Result<Response<IngestAck>, Status> {
@@ -289,23 +472,57 @@ async fn grpc_streams_chunks_and_resends_a_refused_stream() {
     let tokens = dir.path().join("tokens.json");
     write_tokens(&tokens, &[("g-001", "tok-g")]);
     let out = fleetctl(
-        &["simulate", "--protocol", "grpc", "--grpc-url", &format!("http://{addr}"), "--vehicles", "1", "--prefix", "g",
-          "--kind", "vessel", "--rate", "20", "--batch", "4", "--duration", "2.5", "--stream-window", "0.5",
-          "--tokens-file", tokens.to_str().unwrap()],
+        &[
+            "simulate",
+            "--protocol",
+            "grpc",
+            "--grpc-url",
+            &format!("http://{addr}"),
+            "--vehicles",
+            "1",
+            "--prefix",
+            "g",
+            "--kind",
+            "vessel",
+            "--rate",
+            "20",
+            "--batch",
+            "4",
+            "--duration",
+            "2.5",
+            "--stream-window",
+            "0.5",
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+        ],
         &[],
     )
     .await;
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("503 1"), "{}", stdout(&out));
     let points = fake.0.accepted.lock().unwrap().clone();
-    assert!(fake.0.auth.lock().unwrap().iter().all(|a| a == "Bearer tok-g"));
+    assert!(
+        fake.0
+            .auth
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|a| a == "Bearer tok-g")
+    );
     assert!(*fake.0.calls.lock().unwrap() >= 3, "one stream per window");
     let times: Vec<i64> = points.iter().map(|p| p.time_unix_us).collect();
     // The refused first stream was resent, then later windows followed in order.
     assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
     assert!((25..=55).contains(&points.len()), "{} points", points.len());
-    assert!(points.iter().all(|p| p.vehicle_id == "g-001" && p.alt == Some(0.0)));
+    assert!(
+        points
+            .iter()
+            .all(|p| p.vehicle_id == "g-001" && p.alt == Some(0.0))
+    );
     let summary = stdout(&out);
-    let line = summary.lines().find(|l| l.trim_start().starts_with("points")).unwrap();
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("points"))
+        .unwrap();
     assert!(line.contains(&format!("acked {} ", points.len())), "{line}");
 }

@@ -11,7 +11,9 @@ use fleetwatch_testkit::{fresh_topics, kafka_config, shared_bootstrap};
 use prost::Message;
 
 fn lines(s: &str) -> Vec<serde_json::Value> {
-    s.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }
 
 #[tokio::test]
@@ -53,13 +55,26 @@ async fn prints_decoded_records_and_dead_letters() {
             payload: b"\xff\x00garbage",
             message_type: message_types::TELEMETRY_BATCH,
             traceparent: None,
-            extra_headers: &[(headers::DLQ_ERROR, b"undecodable"), (headers::DLQ_SOURCE_OFFSET, b"7")],
+            extra_headers: &[
+                (headers::DLQ_ERROR, b"undecodable"),
+                (headers::DLQ_SOURCE_OFFSET, b"7"),
+            ],
         })
         .await
         .unwrap();
 
     let env = [("FLEETWATCH_KAFKA_BOOTSTRAP", bootstrap.as_str())];
-    let out = fleetctl(&["tail", &topics.telemetry, "--from-beginning", "--limit", "2"], &env).await;
+    let out = fleetctl(
+        &[
+            "tail",
+            &topics.telemetry,
+            "--from-beginning",
+            "--limit",
+            "2",
+        ],
+        &env,
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let recs = lines(&stdout(&out));
     assert_eq!(recs.len(), 2);
@@ -67,11 +82,20 @@ async fn prints_decoded_records_and_dead_letters() {
     assert_eq!(r["topic"], topics.telemetry.as_str());
     assert_eq!(r["key"], "d-1");
     assert_eq!(r["type"], message_types::TELEMETRY_BATCH);
-    assert_eq!(r["headers"][headers::MESSAGE_TYPE], message_types::TELEMETRY_BATCH);
+    assert_eq!(
+        r["headers"][headers::MESSAGE_TYPE],
+        message_types::TELEMETRY_BATCH
+    );
     assert_eq!(r["value"]["vehicle_id"], "d-1");
-    assert_eq!(r["value"]["points"][0]["time_unix_us"], 1_758_705_015_123_456i64);
+    assert_eq!(
+        r["value"]["points"][0]["time_unix_us"],
+        1_758_705_015_123_456i64
+    );
     assert_eq!(r["value"]["points"][0]["lat"], 59.5);
-    assert!(r.get("payload_hex").is_none(), "decoded records need no hex");
+    assert!(
+        r.get("payload_hex").is_none(),
+        "decoded records need no hex"
+    );
 
     let out = fleetctl(&["tail", &dlq, "--from-beginning", "--limit", "1"], &env).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -80,7 +104,10 @@ async fn prints_decoded_records_and_dead_letters() {
     assert_eq!(r["headers"]["dlq-error"], "undecodable");
     assert_eq!(r["headers"]["dlq-source-offset"], "7");
     assert_eq!(r["payload_hex"], hex::encode(b"\xff\x00garbage"));
-    assert!(r["decode_error"].as_str().unwrap().contains("not a valid"), "{r}");
+    assert!(
+        r["decode_error"].as_str().unwrap().contains("not a valid"),
+        "{r}"
+    );
 }
 
 #[tokio::test]

@@ -9,24 +9,65 @@ use fleetwatch_testkit::TestDb;
 #[tokio::test]
 async fn add_prints_a_working_token_on_the_last_line() {
     let db = TestDb::new().await;
-    let out = fleetctl(&["vehicles", "add", "drone-7", "--kind", "drone", "--name", "Seven"], &[("FLEETWATCH_DATABASE_URL", &db.url)]).await;
+    let out = fleetctl(
+        &[
+            "vehicles", "add", "drone-7", "--kind", "drone", "--name", "Seven",
+        ],
+        &[("FLEETWATCH_DATABASE_URL", &db.url)],
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let token = last_line(&out);
     assert_eq!(token.trim(), token, "the token line holds nothing else");
-    assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, &token).await.unwrap().as_deref(), Some("drone-7"));
+    assert_eq!(
+        fleetwatch_db::vehicle_for_token(&db.pool, &token)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("drone-7")
+    );
     let (kind, name): (String, Option<String>) =
-        sqlx::query_as("SELECT kind, name FROM vehicles WHERE id = 'drone-7'").fetch_one(&db.pool).await.unwrap();
+        sqlx::query_as("SELECT kind, name FROM vehicles WHERE id = 'drone-7'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!((kind.as_str(), name.as_deref()), ("drone", Some("Seven")));
 
-    let out = fleetctl(&["vehicles", "add", "boat-1", "--kind", "vessel", "--database-url", &db.url], &[]).await;
+    let out = fleetctl(
+        &[
+            "vehicles",
+            "add",
+            "boat-1",
+            "--kind",
+            "vessel",
+            "--database-url",
+            &db.url,
+        ],
+        &[],
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, &last_line(&out)).await.unwrap().as_deref(), Some("boat-1"));
+    assert_eq!(
+        fleetwatch_db::vehicle_for_token(&db.pool, &last_line(&out))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("boat-1")
+    );
 
     let out = fleetctl(&["vehicles", "list", "--database-url", &db.url], &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let list = stdout(&out);
-    assert!(list.lines().any(|l| l.starts_with("boat-1") && l.contains("vessel") && l.contains("active")), "{list}");
-    assert!(list.lines().any(|l| l.starts_with("drone-7") && l.contains("Seven")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("boat-1") && l.contains("vessel") && l.contains("active")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("drone-7") && l.contains("Seven")),
+        "{list}"
+    );
 }
 
 #[tokio::test]
@@ -38,19 +79,34 @@ async fn duplicate_and_invalid_ids_fail_clearly() {
 
     let out = fleetctl(&["vehicles", "add", "dup-1"], &env).await;
     assert!(!out.status.success());
-    assert!(stdout(&out).is_empty(), "no token on a failure: {}", stdout(&out));
-    assert!(stderr(&out).contains("dup-1 already exists") && stderr(&out).contains("rotate-token"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).is_empty(),
+        "no token on a failure: {}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("dup-1 already exists") && stderr(&out).contains("rotate-token"),
+        "{}",
+        stderr(&out)
+    );
 
     for bad in ["has/slash", "-leading-dash", "white space"] {
         let out = fleetctl(&["vehicles", "add", "--", bad], &env).await;
         assert!(!out.status.success(), "{bad} was accepted");
-        assert!(stderr(&out).contains("is invalid"), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is invalid"),
+            "{bad}: {}",
+            stderr(&out)
+        );
         assert!(stdout(&out).is_empty());
     }
     let out = fleetctl(&["vehicles", "add", "x1", "--kind", "submarine"], &env).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("submarine"), "{}", stderr(&out));
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM vehicles").fetch_one(&db.pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM vehicles")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -64,22 +120,51 @@ async fn rotate_disable_enable() {
     assert!(out.status.success(), "{}", stderr(&out));
     let new = last_line(&out);
     assert_ne!(old, new);
-    assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, &old).await.unwrap(), None);
-    assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, &new).await.unwrap().as_deref(), Some("v-1"));
+    assert_eq!(
+        fleetwatch_db::vehicle_for_token(&db.pool, &old)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        fleetwatch_db::vehicle_for_token(&db.pool, &new)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v-1")
+    );
 
     let out = fleetctl(&["vehicles", "disable", "v-1"], &env).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, &new).await.unwrap(), None);
+    assert_eq!(
+        fleetwatch_db::vehicle_for_token(&db.pool, &new)
+            .await
+            .unwrap(),
+        None
+    );
     assert!(stdout(&fleetctl(&["vehicles", "list"], &env).await).contains("disabled"));
 
     let out = fleetctl(&["vehicles", "enable", "v-1"], &env).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(fleetwatch_db::vehicle_for_token(&db.pool, &new).await.unwrap().as_deref(), Some("v-1"));
+    assert_eq!(
+        fleetwatch_db::vehicle_for_token(&db.pool, &new)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v-1")
+    );
 
     for cmd in ["rotate-token", "disable", "enable"] {
         let out = fleetctl(&["vehicles", cmd, "ghost"], &env).await;
-        assert!(!out.status.success(), "{cmd} of an unknown vehicle succeeded");
-        assert!(stderr(&out).contains("no vehicle ghost"), "{cmd}: {}", stderr(&out));
+        assert!(
+            !out.status.success(),
+            "{cmd} of an unknown vehicle succeeded"
+        );
+        assert!(
+            stderr(&out).contains("no vehicle ghost"),
+            "{cmd}: {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -88,5 +173,9 @@ async fn refuses_a_database_without_the_schema() {
     let db = TestDb::empty().await;
     let out = fleetctl(&["vehicles", "list", "--database-url", &db.url], &[]).await;
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("fleetctl migrate"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fleetctl migrate"),
+        "{}",
+        stderr(&out)
+    );
 }

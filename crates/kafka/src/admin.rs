@@ -23,7 +23,10 @@ pub enum AdminError {
     #[error("creating topics failed: {0}")]
     Request(#[source] KafkaError),
     #[error("topic {topic}: {code}")]
-    Topic { topic: String, code: RDKafkaErrorCode },
+    Topic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 /// Outcome per topic.
@@ -34,19 +37,34 @@ pub enum Created {
 }
 
 /// Creates the topics that do not exist yet; existing ones are left alone.
-pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<Vec<(String, Created)>, AdminError> {
-    let admin: AdminClient<DefaultClientContext> = config.base().create().map_err(AdminError::Client)?;
+pub async fn ensure_topics(
+    config: &KafkaConfig,
+    specs: &[TopicSpec],
+) -> Result<Vec<(String, Created)>, AdminError> {
+    let admin: AdminClient<DefaultClientContext> =
+        config.base().create().map_err(AdminError::Client)?;
     let new: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|s| NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication)))
+        .map(|s| {
+            NewTopic::new(
+                &s.name,
+                s.partitions,
+                TopicReplication::Fixed(s.replication),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &opts).await.map_err(AdminError::Request)?;
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(AdminError::Request)?;
     let mut out = Vec::new();
     for r in results {
         match r {
             Ok(t) => out.push((t, Created::New)),
-            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((t, Created::AlreadyExisted)),
+            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                out.push((t, Created::AlreadyExisted))
+            }
             Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
         }
     }

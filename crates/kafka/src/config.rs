@@ -139,8 +139,13 @@ impl KafkaConfig {
         if c.batch_max_records == 0 {
             errs.push("kafka.consumer.batch_max_records: must be at least 1".into());
         }
-        if !matches!(self.producer.compression.as_str(), "none" | "lz4" | "zstd" | "snappy" | "gzip") {
-            errs.push("kafka.producer.compression: must be one of none, lz4, zstd, snappy, gzip".into());
+        if !matches!(
+            self.producer.compression.as_str(),
+            "none" | "lz4" | "zstd" | "snappy" | "gzip"
+        ) {
+            errs.push(
+                "kafka.producer.compression: must be one of none, lz4, zstd, snappy, gzip".into(),
+            );
         }
         errs
     }
@@ -162,7 +167,10 @@ impl KafkaConfig {
             .set("enable.idempotence", p.idempotence.to_string())
             .set("linger.ms", p.linger_ms.to_string())
             .set("batch.size", p.batch_size.to_string())
-            .set("queue.buffering.max.messages", p.queue_max_messages.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                p.queue_max_messages.to_string(),
+            )
             .set("queue.buffering.max.kbytes", p.queue_max_kbytes.to_string())
             .set("message.timeout.ms", p.delivery_timeout_ms.to_string())
             .set("message.max.bytes", p.max_message_bytes.to_string())
@@ -186,7 +194,10 @@ impl KafkaConfig {
             .set("heartbeat.interval.ms", k.heartbeat_interval_ms.to_string())
             .set("statistics.interval.ms", k.stats_interval_ms.to_string())
             .set("fetch.max.bytes", k.fetch_max_bytes.to_string())
-            .set("max.partition.fetch.bytes", k.partition_fetch_max_bytes.to_string())
+            .set(
+                "max.partition.fetch.bytes",
+                k.partition_fetch_max_bytes.to_string(),
+            )
             .set("enable.partition.eof", "false");
         c
     }
@@ -233,6 +244,13 @@ impl TopicNames {
     }
 
     pub fn all(&self) -> [&str; 6] {
-        [&self.telemetry, &self.frames, &self.detections, &self.incidents, &self.commands, &self.command_status]
+        [
+            &self.telemetry,
+            &self.frames,
+            &self.detections,
+            &self.incidents,
+            &self.commands,
+            &self.command_status,
+        ]
     }
 }

@@ -45,7 +45,11 @@ impl Record {
     fn from_message(m: &BorrowedMessage<'_>) -> Self {
         let headers = m
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
             .unwrap_or_default();
         Self {
             topic: m.topic().to_string(),
@@ -59,20 +63,29 @@ impl Record {
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn traceparent(&self) -> Option<&str> {
-        self.header(headers::TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok())
+        self.header(headers::TRACEPARENT)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
     }
 
     /// Decodes the protobuf value; the error text is fit for a DLQ reason.
     pub fn decode<M: prost::Message + Default>(&self) -> Result<M, String> {
-        let payload = self.payload.as_deref().ok_or_else(|| "record has no value".to_string())?;
+        let payload = self
+            .payload
+            .as_deref()
+            .ok_or_else(|| "record has no value".to_string())?;
         M::decode(payload).map_err(|e| format!("undecodable {}: {e}", std::any::type_name::<M>()))
     }
 }
@@ -101,7 +114,10 @@ impl TransientError {
 /// same records come again.
 pub trait BatchHandler: Send + Sync {
     /// Applies the batch durably; returns the records to dead-letter.
-    fn handle(&self, batch: &[Record]) -> impl Future<Output = Result<Vec<Rejection>, TransientError>> + Send;
+    fn handle(
+        &self,
+        batch: &[Record],
+    ) -> impl Future<Output = Result<Vec<Rejection>, TransientError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +125,10 @@ pub enum ConsumerError {
     #[error("cannot create kafka consumer: {0}")]
     Create(#[source] KafkaError),
     #[error("cannot subscribe to {topics:?}: {source}")]
-    Subscribe { topics: Vec<String>, source: KafkaError },
+    Subscribe {
+        topics: Vec<String>,
+        source: KafkaError,
+    },
     #[error("kafka.consumer.group_id must be set")]
     NoGroup,
 }
@@ -124,7 +143,12 @@ pub struct Consumer {
 
 impl Consumer {
     /// Creates the consumer and subscribes; dead letters go through `dlq`.
-    pub fn new(kafka: &KafkaConfig, client_id: &str, topics: &[&str], dlq: Producer) -> Result<Self, ConsumerError> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        client_id: &str,
+        topics: &[&str],
+        dlq: Producer,
+    ) -> Result<Self, ConsumerError> {
         let group = kafka.consumer.group_id.clone();
         if group.is_empty() {
             return Err(ConsumerError::NoGroup);
@@ -133,11 +157,19 @@ impl Consumer {
             .consumer_client_config(client_id)
             .create_with_context(Context::new(group.clone()))
             .map_err(ConsumerError::Create)?;
-        inner.subscribe(topics).map_err(|source| ConsumerError::Subscribe {
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            source,
-        })?;
-        Ok(Self { inner, group, config: kafka.consumer.clone(), dlq, recv_log: Default::default() })
+        inner
+            .subscribe(topics)
+            .map_err(|source| ConsumerError::Subscribe {
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                source,
+            })?;
+        Ok(Self {
+            inner,
+            group,
+            config: kafka.consumer.clone(),
+            dlq,
+            recv_log: Default::default(),
+        })
     }
 
     /// Consumes until `shutdown`; then finishes the batch in hand, commits
@@ -193,7 +225,12 @@ impl Consumer {
     }
 
     /// Returns false when shutdown interrupted a retry (nothing stored).
-    async fn process<H: BatchHandler>(&self, handler: &H, batch: &[Record], shutdown: &Shutdown) -> bool {
+    async fn process<H: BatchHandler>(
+        &self,
+        handler: &H,
+        batch: &[Record],
+        shutdown: &Shutdown,
+    ) -> bool {
         let started = Instant::now();
         let span = batch_span(&self.group, batch);
         let mut delay = Duration::from_millis(self.config.retry_initial_ms);
@@ -202,7 +239,9 @@ impl Consumer {
             match handler.handle(batch).instrument(span.clone()).await {
                 Ok(r) => break r,
                 Err(e) => {
-                    metrics::TRANSIENT_FAILURES.with_label_values(&[&self.group]).inc();
+                    metrics::TRANSIENT_FAILURES
+                        .with_label_values(&[&self.group])
+                        .inc();
                     tracing::warn!(group = %self.group, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "batch failed transiently; retrying without advancing offsets");
                     if !sleep_unless_shutdown(delay, shutdown).await {
@@ -214,7 +253,10 @@ impl Consumer {
         };
         for r in &rejections {
             let Some(record) = batch.get(r.index) else {
-                tracing::warn!(index = r.index, "handler rejected an index outside the batch");
+                tracing::warn!(
+                    index = r.index,
+                    "handler rejected an index outside the batch"
+                );
                 continue;
             };
             if !self.dead_letter(record, &r.reason, shutdown).await {
@@ -222,7 +264,9 @@ impl Consumer {
             }
         }
         self.store_offsets(batch);
-        metrics::BATCH_SECONDS.with_label_values(&[&self.group]).observe(started.elapsed().as_secs_f64());
+        metrics::BATCH_SECONDS
+            .with_label_values(&[&self.group])
+            .observe(started.elapsed().as_secs_f64());
         true
     }
 
@@ -236,7 +280,12 @@ impl Consumer {
         let mut extra: Vec<(&str, &[u8])> = record
             .headers
             .iter()
-            .filter(|(k, _)| !k.starts_with("dlq-") && k != headers::CONTENT_TYPE && k != headers::MESSAGE_TYPE && k != headers::TRACEPARENT)
+            .filter(|(k, _)| {
+                !k.starts_with("dlq-")
+                    && k != headers::CONTENT_TYPE
+                    && k != headers::MESSAGE_TYPE
+                    && k != headers::TRACEPARENT
+            })
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
         extra.extend([
@@ -263,7 +312,9 @@ impl Consumer {
             };
             match self.dlq.send(out).await {
                 Ok(_) => {
-                    metrics::DEAD_LETTERED.with_label_values(&[&self.group, &record.topic]).inc();
+                    metrics::DEAD_LETTERED
+                        .with_label_values(&[&self.group, &record.topic])
+                        .inc();
                     tracing::warn!(group = %self.group, topic = %record.topic, partition = record.partition,
                         offset = record.offset, reason, "record dead-lettered");
                     return true;
@@ -283,7 +334,9 @@ impl Consumer {
         let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
         for r in batch {
-            let e = last.entry((r.topic.as_str(), r.partition)).or_insert(r.offset);
+            let e = last
+                .entry((r.topic.as_str(), r.partition))
+                .or_insert(r.offset);
             *e = (*e).max(r.offset);
             *counts.entry(r.topic.as_str()).or_default() += 1;
         }
@@ -296,7 +349,9 @@ impl Consumer {
             }
         }
         for (topic, n) in counts {
-            metrics::CONSUMED.with_label_values(&[&self.group, topic]).inc_by(n);
+            metrics::CONSUMED
+                .with_label_values(&[&self.group, topic])
+                .inc_by(n);
         }
     }
 
@@ -305,7 +360,9 @@ impl Consumer {
             Ok(()) => tracing::info!(group = %self.group, "committed offsets on shutdown"),
             // Nothing stored since the last commit.
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(group = %self.group, error = %e, "final offset commit failed; records since the last commit will be redelivered"),
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "final offset commit failed; records since the last commit will be redelivered")
+            }
         }
     }
 }

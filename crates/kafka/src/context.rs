@@ -17,7 +17,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(group: impl Into<String>) -> Self {
-        Self { group: group.into(), error_log: Throttle::default() }
+        Self {
+            group: group.into(),
+            error_log: Throttle::default(),
+        }
     }
 }
 

@@ -54,7 +54,9 @@ pub static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "fleetwatch_kafka_batch_seconds",
         "Time to handle one consumed batch, retries included",
         &["group"],
-        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+        vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0
+        ]
     )
     .unwrap()
 });
@@ -75,7 +77,9 @@ pub static PRODUCE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "fleetwatch_kafka_produce_ack_seconds",
         "Time from send to broker acknowledgement",
         &["topic"],
-        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
+        vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0
+        ]
     )
     .unwrap()
 });

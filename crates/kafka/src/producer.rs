@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::KafkaConfig;
@@ -98,29 +98,48 @@ impl Producer {
             failing_since: Mutex::new(None),
             heal_after: Duration::from_millis(u64::from(config.producer.delivery_timeout_ms) * 2),
         };
-        Ok(Self { shared: Arc::new(shared), max_message_bytes: config.producer.max_message_bytes as usize })
+        Ok(Self {
+            shared: Arc::new(shared),
+            max_message_bytes: config.producer.max_message_bytes as usize,
+        })
     }
 
     fn client(&self) -> Arc<FutureProducer<Context>> {
-        self.shared.client.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn record_success(&self) {
-        *self.shared.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .shared
+            .failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Counts a failed delivery on `used`; replaces the client when it looks stuck.
     fn record_failure(&self, used: &Arc<FutureProducer<Context>>) {
         let fatal = used.client().fatal_error();
         let stuck = {
-            let mut since = self.shared.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+            let mut since = self
+                .shared
+                .failing_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let start = *since.get_or_insert_with(Instant::now);
             start.elapsed() >= self.shared.heal_after
         };
         if fatal.is_none() && !stuck {
             return;
         }
-        let mut current = self.shared.client.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self
+            .shared
+            .client
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         // Another sender may have replaced it already.
         if !Arc::ptr_eq(&current, used) {
             return;
@@ -128,11 +147,19 @@ impl Producer {
         match create(&self.shared.config) {
             Ok(fresh) => {
                 *current = Arc::new(fresh);
-                *self.shared.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                metrics::PRODUCER_RESETS.with_label_values(&[&self.shared.client_id]).inc();
+                *self
+                    .shared
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                metrics::PRODUCER_RESETS
+                    .with_label_values(&[&self.shared.client_id])
+                    .inc();
                 match fatal {
-                    Some((code, reason)) => tracing::warn!(client_id = %self.shared.client_id, %code, reason,
-                        "kafka producer hit a fatal error; replaced it with a new one"),
+                    Some((code, reason)) => {
+                        tracing::warn!(client_id = %self.shared.client_id, %code, reason,
+                        "kafka producer hit a fatal error; replaced it with a new one")
+                    }
                     None => tracing::warn!(client_id = %self.shared.client_id,
                         failing_for_ms = self.shared.heal_after.as_millis() as u64,
                         "kafka producer failed every delivery for two delivery timeouts; replaced it with a new one"),
@@ -146,7 +173,9 @@ impl Producer {
     pub async fn send(&self, record: OutRecord<'_>) -> Result<Delivered, ProduceError> {
         let topic = record.topic;
         if record.payload.len() + record.key.len() > self.max_message_bytes {
-            metrics::PRODUCED.with_label_values(&[topic, "too_large"]).inc();
+            metrics::PRODUCED
+                .with_label_values(&[topic, "too_large"])
+                .inc();
             return Err(ProduceError::TooLarge {
                 size: record.payload.len() + record.key.len(),
                 limit: self.max_message_bytes,
@@ -160,26 +189,46 @@ impl Producer {
         let traceparent = record.traceparent.or(current.as_deref());
         // A content-type among the extra headers replaces the protobuf default
         // (e.g. a dead-lettered raw JSON payload).
-        let custom_content_type = record.extra_headers.iter().any(|(k, _)| *k == headers::CONTENT_TYPE);
+        let custom_content_type = record
+            .extra_headers
+            .iter()
+            .any(|(k, _)| *k == headers::CONTENT_TYPE);
         let mut hdrs = OwnedHeaders::new_with_capacity(3 + record.extra_headers.len());
         if !custom_content_type {
-            hdrs = hdrs.insert(Header { key: headers::CONTENT_TYPE, value: Some(headers::PROTOBUF) });
+            hdrs = hdrs.insert(Header {
+                key: headers::CONTENT_TYPE,
+                value: Some(headers::PROTOBUF),
+            });
         }
-        hdrs = hdrs.insert(Header { key: headers::MESSAGE_TYPE, value: Some(record.message_type) });
+        hdrs = hdrs.insert(Header {
+            key: headers::MESSAGE_TYPE,
+            value: Some(record.message_type),
+        });
         if let Some(tp) = traceparent {
-            hdrs = hdrs.insert(Header { key: headers::TRACEPARENT, value: Some(tp) });
+            hdrs = hdrs.insert(Header {
+                key: headers::TRACEPARENT,
+                value: Some(tp),
+            });
         }
         for (k, v) in record.extra_headers {
-            hdrs = hdrs.insert(Header { key: k, value: Some(*v) });
+            hdrs = hdrs.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
         }
-        let fr = FutureRecord::to(topic).key(record.key).payload(record.payload).headers(hdrs);
+        let fr = FutureRecord::to(topic)
+            .key(record.key)
+            .payload(record.payload)
+            .headers(hdrs);
         let started = Instant::now();
         // send_result never blocks: a full queue is reported, not waited out.
         let client = self.client();
         let delivery = match client.send_result(fr) {
             Ok(d) => d,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                metrics::PRODUCED.with_label_values(&[topic, "queue_full"]).inc();
+                metrics::PRODUCED
+                    .with_label_values(&[topic, "queue_full"])
+                    .inc();
                 return Err(ProduceError::QueueFull);
             }
             Err((e, _)) => {
@@ -191,15 +240,24 @@ impl Producer {
             Ok(Ok(d)) => {
                 self.record_success();
                 metrics::PRODUCED.with_label_values(&[topic, "ok"]).inc();
-                metrics::PRODUCE_SECONDS.with_label_values(&[topic]).observe(started.elapsed().as_secs_f64());
-                Ok(Delivered { partition: d.partition, offset: d.offset })
+                metrics::PRODUCE_SECONDS
+                    .with_label_values(&[topic])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                })
             }
             Ok(Err((e, _))) => {
                 let timed_out = matches!(
                     e.rdkafka_error_code(),
                     Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut)
                 );
-                let (label, err) = if timed_out { ("timeout", ProduceError::Timeout) } else { ("error", e.into()) };
+                let (label, err) = if timed_out {
+                    ("timeout", ProduceError::Timeout)
+                } else {
+                    ("error", e.into())
+                };
                 metrics::PRODUCED.with_label_values(&[topic, label]).inc();
                 if err.is_retryable() {
                     self.record_failure(&client);

@@ -4,11 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleetwatch_kafka::{BatchHandler, Consumer, OutRecord, ProduceError, Producer, Record, Rejection, TransientError, headers};
+use fleetwatch_kafka::{
+    BatchHandler, Consumer, OutRecord, ProduceError, Producer, Record, Rejection, TransientError,
+    headers,
+};
 use fleetwatch_testkit as tk;
 use tokio_util::sync::CancellationToken;
 
@@ -32,14 +35,19 @@ impl BatchHandler for Collect {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(TransientError::new(anyhow::anyhow!("database is down (simulated)")));
+            return Err(TransientError::new(anyhow::anyhow!(
+                "database is down (simulated)"
+            )));
         }
         let mut rejected = Vec::new();
         let mut seen = self.seen.lock().unwrap();
         for (i, r) in batch.iter().enumerate() {
             let v = String::from_utf8(r.payload.clone().unwrap_or_default()).unwrap();
             if v.starts_with("bad") {
-                rejected.push(Rejection { index: i, reason: format!("value {v:?} is bad") });
+                rejected.push(Rejection {
+                    index: i,
+                    reason: format!("value {v:?} is bad"),
+                });
             } else {
                 seen.push((v, r.traceparent().map(str::to_string)));
             }
@@ -61,13 +69,21 @@ async fn send(p: &Producer, topic: &str, key: &str, value: &str) {
     .unwrap();
 }
 
-fn start(bootstrap: &str, group: &str, topic: &str, handler: Collect) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn start(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    handler: Collect,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let cfg = tk::kafka_config(bootstrap, group);
     let dlq = Producer::new(&cfg, "test-dlq").unwrap();
     let consumer = Consumer::new(&cfg, "test-consumer", &[topic], dlq).unwrap();
     let stop = CancellationToken::new();
     let s = stop.clone();
-    (stop, tokio::spawn(async move { consumer.run(handler, s).await }))
+    (
+        stop,
+        tokio::spawn(async move { consumer.run(handler, s).await }),
+    )
 }
 
 #[tokio::test]
@@ -89,22 +105,66 @@ async fn delivers_dead_letters_and_commits() {
         async move { (seen.lock().unwrap().len() >= 3).then_some(()) }
     })
     .await;
-    let got: Vec<String> = h.seen.lock().unwrap().iter().map(|(v, _)| v.clone()).collect();
-    assert_eq!(got, ["a1", "a2", "a3"], "same key keeps order; the bad one is not handled as good");
-    assert!(h.seen.lock().unwrap().iter().all(|(_, tp)| tp.as_deref().unwrap().starts_with("00-0af7651916cd43dd")));
+    let got: Vec<String> = h
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(v, _)| v.clone())
+        .collect();
+    assert_eq!(
+        got,
+        ["a1", "a2", "a3"],
+        "same key keeps order; the bad one is not handled as good"
+    );
+    assert!(
+        h.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, tp)| tp.as_deref().unwrap().starts_with("00-0af7651916cd43dd"))
+    );
 
     // The bad record is in the DLQ, with its provenance.
-    let dlq = tk::read_topic(&bootstrap, &format!("{topic}.dlq"), 1, Duration::from_secs(30)).await;
+    let dlq = tk::read_topic(
+        &bootstrap,
+        &format!("{topic}.dlq"),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(dlq.len(), 1);
     let d = &dlq[0];
     assert_eq!(d.payload, b"bad-1");
     assert_eq!(d.key.as_deref(), Some(&b"veh-1"[..]));
-    assert_eq!(d.header(headers::DLQ_SOURCE_TOPIC).as_deref(), Some(topic.as_str()));
-    assert_eq!(d.header(headers::DLQ_CONSUMER_GROUP).as_deref(), Some(group.as_str()));
-    assert_eq!(d.header(headers::DLQ_ERROR).as_deref(), Some("value \"bad-1\" is bad"));
-    assert!(d.header(headers::DLQ_SOURCE_PARTITION).unwrap().parse::<i32>().is_ok());
-    assert!(d.header(headers::DLQ_SOURCE_OFFSET).unwrap().parse::<i64>().is_ok());
-    assert_eq!(d.header(headers::MESSAGE_TYPE).as_deref(), Some("test.Value"));
+    assert_eq!(
+        d.header(headers::DLQ_SOURCE_TOPIC).as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(
+        d.header(headers::DLQ_CONSUMER_GROUP).as_deref(),
+        Some(group.as_str())
+    );
+    assert_eq!(
+        d.header(headers::DLQ_ERROR).as_deref(),
+        Some("value \"bad-1\" is bad")
+    );
+    assert!(
+        d.header(headers::DLQ_SOURCE_PARTITION)
+            .unwrap()
+            .parse::<i32>()
+            .is_ok()
+    );
+    assert!(
+        d.header(headers::DLQ_SOURCE_OFFSET)
+            .unwrap()
+            .parse::<i64>()
+            .is_ok()
+    );
+    assert_eq!(
+        d.header(headers::MESSAGE_TYPE).as_deref(),
+        Some("test.Value")
+    );
 
     // Lag is exported per partition once stats arrive.
     tk::wait_for("lag metric", Duration::from_secs(30), || {
@@ -113,7 +173,9 @@ async fn delivers_dead_letters_and_commits() {
             let families = prometheus::gather();
             let found = families.iter().any(|f| {
                 f.get_name() == "fleetwatch_kafka_consumer_lag"
-                    && f.get_metric().iter().any(|m| m.get_label().iter().any(|l| l.get_value() == group))
+                    && f.get_metric()
+                        .iter()
+                        .any(|m| m.get_label().iter().any(|l| l.get_value() == group))
             });
             found.then_some(())
         }
@@ -134,9 +196,25 @@ async fn delivers_dead_letters_and_commits() {
     .await;
     stop2.cancel();
     task2.await.unwrap();
-    let got2: Vec<String> = h2.seen.lock().unwrap().iter().map(|(v, _)| v.clone()).collect();
+    let got2: Vec<String> = h2
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(v, _)| v.clone())
+        .collect();
     assert_eq!(got2, ["a4"], "committed records are not redelivered");
-    assert_eq!(tk::read_topic(&bootstrap, &format!("{topic}.dlq"), 1, Duration::from_secs(10)).await.len(), 1);
+    assert_eq!(
+        tk::read_topic(
+            &bootstrap,
+            &format!("{topic}.dlq"),
+            1,
+            Duration::from_secs(10)
+        )
+        .await
+        .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -170,14 +248,24 @@ async fn transient_failure_retries_without_advancing() {
     h2.fail_remaining.store(2, Ordering::SeqCst);
     let (stop2, task2) = start(&bootstrap, &group, &topic, h2.clone());
     let seen = h2.seen.clone();
-    tk::wait_for("all ten records after retries", Duration::from_secs(60), || {
-        let seen = seen.clone();
-        async move { (seen.lock().unwrap().len() >= 10).then_some(()) }
-    })
+    tk::wait_for(
+        "all ten records after retries",
+        Duration::from_secs(60),
+        || {
+            let seen = seen.clone();
+            async move { (seen.lock().unwrap().len() >= 10).then_some(()) }
+        },
+    )
     .await;
     stop2.cancel();
     task2.await.unwrap();
-    let got: Vec<String> = h2.seen.lock().unwrap().iter().map(|(v, _)| v.clone()).collect();
+    let got: Vec<String> = h2
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(v, _)| v.clone())
+        .collect();
     assert_eq!(got, (0..10).map(|i| format!("v{i}")).collect::<Vec<_>>());
     assert!(h2.calls.load(Ordering::SeqCst) >= 3);
 }
@@ -190,7 +278,14 @@ async fn send_to_a_dead_broker_times_out_as_retryable() {
     let producer = Producer::new(&cfg, "test-producer").unwrap();
     broker.kill();
     let err = producer
-        .send(OutRecord { topic: "t", key: "k", payload: b"v", message_type: "x", traceparent: None, extra_headers: &[] })
+        .send(OutRecord {
+            topic: "t",
+            key: "k",
+            payload: b"v",
+            message_type: "x",
+            traceparent: None,
+            extra_headers: &[],
+        })
         .await
         .unwrap_err();
     assert!(matches!(err, ProduceError::Timeout), "{err:?}");
@@ -207,20 +302,46 @@ async fn oversized_and_queue_full_are_reported_not_blocked() {
     let producer = Producer::new(&cfg, "test-producer").unwrap();
     let big = vec![0u8; 2_000];
     let err = producer
-        .send(OutRecord { topic: "t", key: "k", payload: &big, message_type: "x", traceparent: None, extra_headers: &[] })
+        .send(OutRecord {
+            topic: "t",
+            key: "k",
+            payload: &big,
+            message_type: "x",
+            traceparent: None,
+            extra_headers: &[],
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err, ProduceError::TooLarge { .. }) && !err.is_retryable(), "{err:?}");
+    assert!(
+        matches!(err, ProduceError::TooLarge { .. }) && !err.is_retryable(),
+        "{err:?}"
+    );
 
     // With the broker gone, two records fill the queue; the third is refused at once.
     broker.kill();
     let p1 = producer.clone();
     let p2 = producer.clone();
     let a = tokio::spawn(async move {
-        p1.send(OutRecord { topic: "t", key: "k", payload: b"1", message_type: "x", traceparent: None, extra_headers: &[] }).await
+        p1.send(OutRecord {
+            topic: "t",
+            key: "k",
+            payload: b"1",
+            message_type: "x",
+            traceparent: None,
+            extra_headers: &[],
+        })
+        .await
     });
     let b = tokio::spawn(async move {
-        p2.send(OutRecord { topic: "t", key: "k", payload: b"2", message_type: "x", traceparent: None, extra_headers: &[] }).await
+        p2.send(OutRecord {
+            topic: "t",
+            key: "k",
+            payload: b"2",
+            message_type: "x",
+            traceparent: None,
+            extra_headers: &[],
+        })
+        .await
     });
     tk::wait_for("two queued records", Duration::from_secs(5), || {
         let n = producer.in_flight();
@@ -229,10 +350,20 @@ async fn oversized_and_queue_full_are_reported_not_blocked() {
     .await;
     let started = std::time::Instant::now();
     let err = producer
-        .send(OutRecord { topic: "t", key: "k", payload: b"3", message_type: "x", traceparent: None, extra_headers: &[] })
+        .send(OutRecord {
+            topic: "t",
+            key: "k",
+            payload: b"3",
+            message_type: "x",
+            traceparent: None,
+            extra_headers: &[],
+        })
         .await
         .unwrap_err();
     assert!(matches!(err, ProduceError::QueueFull), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(1), "a full queue must not block");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a full queue must not block"
+    );
     assert!(a.await.unwrap().is_err() && b.await.unwrap().is_err());
 }

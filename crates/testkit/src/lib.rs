@@ -16,7 +16,8 @@ use rand::Rng;
 
 /// Postgres server used by tests (`FLEETWATCH_TEST_PG`, default local trust auth).
 pub fn pg_server_url() -> String {
-    std::env::var("FLEETWATCH_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("FLEETWATCH_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// MQTT broker used by tests (`FLEETWATCH_TEST_MQTT`, default 127.0.0.1:1883).
@@ -33,7 +34,11 @@ pub fn unique_suffix() -> String {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it returns `Some`, failing the test with `what`
@@ -71,10 +76,17 @@ impl TestDb {
         let admin = sqlx::PgPool::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!("cannot reach Postgres at {admin_url} ({e}); start it or set FLEETWATCH_TEST_PG")
         });
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
         admin.close().await;
         let url = format!("{}/{name}", pg_server_url());
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
         fleetwatch_db::migrate(&pool).await.unwrap();
         Self { name, url, pool }
     }
@@ -82,8 +94,13 @@ impl TestDb {
     /// A database with no schema at all (for schema-check tests).
     pub async fn empty() -> Self {
         let name = format!("fw_{}", unique_suffix());
-        let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_server_url())).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_server_url()))
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
         admin.close().await;
         let url = format!("{}/{name}", pg_server_url());
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -91,7 +108,10 @@ impl TestDb {
     }
 
     pub fn db_config(&self) -> fleetwatch_db::DbConfig {
-        fleetwatch_db::DbConfig { url: self.url.clone(), ..Default::default() }
+        fleetwatch_db::DbConfig {
+            url: self.url.clone(),
+            ..Default::default()
+        }
     }
 }
 
@@ -102,10 +122,15 @@ impl Drop for TestDb {
         let name = self.name.clone();
         let server = pg_server_url();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 if let Ok(admin) = sqlx::PgPool::connect(&format!("{server}/postgres")).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
                 }
             });
         })
@@ -130,7 +155,10 @@ pub fn nisshi_bin() -> PathBuf {
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let p = Path::new(&home).join(".cargo/bin/nisshi");
-    assert!(p.is_file(), "nisshi not found; run scripts/test (it installs it) or set NISSHI_BIN");
+    assert!(
+        p.is_file(),
+        "nisshi not found; run scripts/test (it installs it) or set NISSHI_BIN"
+    );
     p
 }
 
@@ -150,14 +178,24 @@ impl OwnedBroker {
         // nisshi resolves a sqlite path against its working directory (an
         // absolute one too), so the broker runs inside the temp dir.
         let storage = "sqlite://broker.db".to_string();
-        let mut b = Self { port: free_port(), storage, child: None, _dir: Some(dir) };
+        let mut b = Self {
+            port: free_port(),
+            storage,
+            child: None,
+            _dir: Some(dir),
+        };
         b.restart().await;
         b
     }
 
     /// Starts a broker with the memory engine.
     pub async fn start_memory() -> Self {
-        let mut b = Self { port: free_port(), storage: "memory://nisshi/".into(), child: None, _dir: None };
+        let mut b = Self {
+            port: free_port(),
+            storage: "memory://nisshi/".into(),
+            child: None,
+            _dir: None,
+        };
         b.restart().await;
         b
     }
@@ -186,7 +224,12 @@ impl OwnedBroker {
             .arg(format!("tcp://127.0.0.1:{}", self.port))
             .arg("--storage-engine")
             .arg(&self.storage)
-            .current_dir(self._dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_else(std::env::temp_dir))
+            .current_dir(
+                self._dir
+                    .as_ref()
+                    .map(|d| d.path().to_path_buf())
+                    .unwrap_or_else(std::env::temp_dir),
+            )
             .env_remove("STORAGE_ENGINE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -195,9 +238,16 @@ impl OwnedBroker {
             .unwrap();
         self.child = Some(child);
         let port = self.port;
-        wait_for("the broker to listen", Duration::from_secs(30), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-        })
+        wait_for(
+            "the broker to listen",
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
         .await;
     }
 }
@@ -224,7 +274,10 @@ pub async fn shared_bootstrap() -> String {
 /// Kafka settings tuned for tests: fast group joins (the rebalance timeout
 /// is max.poll.interval.ms on some brokers), small batches, short waits.
 pub fn kafka_config(bootstrap: &str, group: &str) -> KafkaConfig {
-    let mut k = KafkaConfig { bootstrap_servers: bootstrap.into(), ..Default::default() };
+    let mut k = KafkaConfig {
+        bootstrap_servers: bootstrap.into(),
+        ..Default::default()
+    };
     k.consumer.group_id = group.into();
     k.consumer.max_poll_interval_ms = 6_000;
     k.consumer.session_timeout_ms = 6_000;
@@ -242,8 +295,16 @@ pub async fn fresh_topics(bootstrap: &str, partitions: i32) -> TopicNames {
     let names = TopicNames::with_suffix(&unique_suffix());
     let mut specs = Vec::new();
     for t in names.all() {
-        specs.push(TopicSpec { name: t.to_string(), partitions, replication: 1 });
-        specs.push(TopicSpec { name: format!("{t}.dlq"), partitions: 1, replication: 1 });
+        specs.push(TopicSpec {
+            name: t.to_string(),
+            partitions,
+            replication: 1,
+        });
+        specs.push(TopicSpec {
+            name: format!("{t}.dlq"),
+            partitions: 1,
+            replication: 1,
+        });
     }
     let k = kafka_config(bootstrap, "");
     ensure_topics(&k, &specs).await.unwrap();
@@ -255,12 +316,16 @@ pub async fn fresh_topics(bootstrap: &str, partitions: i32) -> TopicNames {
 /// Path of a workspace binary built by `cargo build` (scripts/test builds
 /// them before running tests).
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
-    });
+    let dir = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     let profile = std::env::var("FLEETWATCH_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
     let p = dir.join(profile).join(name);
-    assert!(p.is_file(), "{} is not built; run `cargo build --workspace --bins` first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is not built; run `cargo build --workspace --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -276,12 +341,16 @@ impl ServiceProcess {
         let mut cmd = Command::new(binary(binary_name));
         // fleetwatch-ingest reads FLEETWATCH_INGEST__..., and so on.
         let service = binary_name.trim_start_matches("fleetwatch-").to_uppercase();
-        cmd.stdin(Stdio::null()).env(format!("FLEETWATCH_{service}__LOG__FORMAT"), "pretty");
+        cmd.stdin(Stdio::null())
+            .env(format!("FLEETWATCH_{service}__LOG__FORMAT"), "pretty");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        Self { name: binary_name.into(), child: Some(child) }
+        Self {
+            name: binary_name.into(),
+            child: Some(child),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -299,7 +368,10 @@ impl ServiceProcess {
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -351,14 +423,22 @@ pub struct ReadRecord {
 
 impl ReadRecord {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 }
 
 /// Reads every partition of `topic` from the beginning until at least
 /// `expected` records arrived (panics after `timeout`). Uses manual
 /// assignment, so there is no consumer-group join to wait for.
-pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<ReadRecord> {
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<ReadRecord> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -372,18 +452,29 @@ pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: 
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
-        let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
         assert!(partitions > 0, "topic {topic} has no partitions");
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions as i32 {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         while out.len() < expected {
-            assert!(Instant::now() < deadline, "timed out reading {topic}: got {} of {expected} records", out.len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out reading {topic}: got {} of {expected} records",
+                out.len()
+            );
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                 out.push(ReadRecord {
                     partition: m.partition(),
@@ -392,7 +483,11 @@ pub async fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: 
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: m
                         .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 });
             }
@@ -424,7 +519,9 @@ impl TcpProxy {
         let target = target.to_string();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { continue };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
                 if !*up_rx.borrow() {
                     drop(client);
                     continue;
@@ -432,7 +529,9 @@ impl TcpProxy {
                 let mut down = up_rx.clone();
                 let target = target.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = down.wait_for(|up| !*up) => {}

@@ -24,12 +24,17 @@ struct TtlCache<K, V> {
 
 impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     fn new() -> Self {
-        Self { entries: Mutex::new(HashMap::new()) }
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     fn get(&self, k: &K) -> Option<V> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(k).filter(|(_, until)| *until > Instant::now()).map(|(v, _)| v.clone())
+        entries
+            .get(k)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| v.clone())
     }
 
     fn put(&self, k: K, v: V, ttl: Duration) {
@@ -60,7 +65,9 @@ impl Authenticator {
         Self {
             pool,
             ttl: Duration::from_secs(config.cache_ttl_secs),
-            negative_ttl: Duration::from_secs(config.negative_cache_ttl_secs.min(config.cache_ttl_secs)),
+            negative_ttl: Duration::from_secs(
+                config.negative_cache_ttl_secs.min(config.cache_ttl_secs),
+            ),
             retry_after_secs,
             tokens: TtlCache::new(),
             vehicles: TtlCache::new(),
@@ -69,7 +76,10 @@ impl Authenticator {
 
     fn db_unavailable(&self, e: fleetwatch_db::DbError) -> IngestError {
         tracing::warn!(error = %e, "vehicle lookup failed");
-        IngestError::Unavailable { reason: "vehicle registry unavailable".into(), retry_after_secs: self.retry_after_secs }
+        IngestError::Unavailable {
+            reason: "vehicle registry unavailable".into(),
+            retry_after_secs: self.retry_after_secs,
+        }
     }
 
     /// The vehicle an `Authorization` header value (`Bearer <token>`) belongs to.
@@ -79,8 +89,14 @@ impl Authenticator {
         let vehicle = match self.tokens.get(&key) {
             Some(v) => v,
             None => {
-                let v = fleetwatch_db::vehicle_for_token(&self.pool, token).await.map_err(|e| self.db_unavailable(e))?;
-                let ttl = if v.is_some() { self.ttl } else { self.negative_ttl };
+                let v = fleetwatch_db::vehicle_for_token(&self.pool, token)
+                    .await
+                    .map_err(|e| self.db_unavailable(e))?;
+                let ttl = if v.is_some() {
+                    self.ttl
+                } else {
+                    self.negative_ttl
+                };
                 self.tokens.put(key, v.clone(), ttl);
                 v
             }
@@ -96,22 +112,34 @@ impl Authenticator {
         if !fleetwatch_db::valid_vehicle_id(id) {
             return Ok(false);
         }
-        let v = fleetwatch_db::vehicle_exists(&self.pool, id).await.map_err(|e| self.db_unavailable(e))?;
-        self.vehicles.put(id.to_string(), v, if v { self.ttl } else { self.negative_ttl });
+        let v = fleetwatch_db::vehicle_exists(&self.pool, id)
+            .await
+            .map_err(|e| self.db_unavailable(e))?;
+        self.vehicles.put(
+            id.to_string(),
+            v,
+            if v { self.ttl } else { self.negative_ttl },
+        );
         Ok(v)
     }
 }
 
 /// Extracts the token of `Bearer <token>` (scheme case-insensitive).
 pub fn bearer_token(authorization: Option<&str>) -> Result<&str, IngestError> {
-    let value = authorization.ok_or(IngestError::Unauthenticated("missing Authorization: Bearer <token>"))?;
+    let value = authorization.ok_or(IngestError::Unauthenticated(
+        "missing Authorization: Bearer <token>",
+    ))?;
     let (scheme, token) = value
         .trim()
         .split_once(' ')
-        .ok_or(IngestError::Unauthenticated("malformed Authorization header; expected Bearer <token>"))?;
+        .ok_or(IngestError::Unauthenticated(
+            "malformed Authorization header; expected Bearer <token>",
+        ))?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(IngestError::Unauthenticated("malformed Authorization header; expected Bearer <token>"));
+        return Err(IngestError::Unauthenticated(
+            "malformed Authorization header; expected Bearer <token>",
+        ));
     }
     Ok(token)
 }

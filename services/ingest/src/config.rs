@@ -66,7 +66,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
     }
 }
 
@@ -79,7 +81,9 @@ pub struct GrpcConfig {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 50051)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+        }
     }
 }
 
@@ -173,7 +177,10 @@ pub struct PersistenceConfig {
 
 impl Default for PersistenceConfig {
     fn default() -> Self {
-        Self { grpc_url: "http://127.0.0.1:50052".into(), timeout_ms: 3_000 }
+        Self {
+            grpc_url: "http://127.0.0.1:50052".into(),
+            timeout_ms: 3_000,
+        }
     }
 }
 
@@ -189,7 +196,10 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { cache_ttl_secs: 60, negative_cache_ttl_secs: 5 }
+        Self {
+            cache_ttl_secs: 60,
+            negative_cache_ttl_secs: 5,
+        }
     }
 }
 
@@ -216,7 +226,11 @@ impl Validate for Config {
             errs.push("database.url: must not be empty".into());
         }
         let l = &self.limits;
-        let max_frame = self.kafka.producer.max_message_bytes.saturating_sub(RECORD_HEADROOM_BYTES) as usize;
+        let max_frame = self
+            .kafka
+            .producer
+            .max_message_bytes
+            .saturating_sub(RECORD_HEADROOM_BYTES) as usize;
         if l.max_frame_bytes == 0 || l.max_frame_bytes > max_frame {
             errs.push(format!(
                 "limits.max_frame_bytes ({}) must be between 1 and kafka.producer.max_message_bytes minus {} ({max_frame})",
@@ -244,8 +258,13 @@ impl Validate for Config {
                 errs.push(format!("{name}: must not be empty"));
             }
         }
-        if !self.persistence.grpc_url.starts_with("http://") && !self.persistence.grpc_url.starts_with("https://") {
-            errs.push(format!("persistence.grpc_url ({:?}): must start with http:// or https://", self.persistence.grpc_url));
+        if !self.persistence.grpc_url.starts_with("http://")
+            && !self.persistence.grpc_url.starts_with("https://")
+        {
+            errs.push(format!(
+                "persistence.grpc_url ({:?}): must start with http:// or https://",
+                self.persistence.grpc_url
+            ));
         }
         if self.persistence.timeout_ms == 0 {
             errs.push("persistence.timeout_ms: must be at least 1".into());
@@ -259,12 +278,18 @@ impl Validate for Config {
                 errs.push("mqtt.port: must not be 0".into());
             }
             if m.client_id.trim().is_empty() {
-                errs.push("mqtt.client_id: must not be empty (a stable id keeps the persistent session)".into());
+                errs.push(
+                    "mqtt.client_id: must not be empty (a stable id keeps the persistent session)"
+                        .into(),
+                );
             }
             if m.telemetry_filters.is_empty() && m.detection_filters.is_empty() {
                 errs.push("mqtt: telemetry_filters and detection_filters are both empty; set mqtt.enabled = false instead".into());
             }
-            for (section, filters) in [("telemetry_filters", &m.telemetry_filters), ("detection_filters", &m.detection_filters)] {
+            for (section, filters) in [
+                ("telemetry_filters", &m.telemetry_filters),
+                ("detection_filters", &m.detection_filters),
+            ] {
                 for f in filters {
                     if let Err(e) = valid_filter(f) {
                         errs.push(format!("mqtt.{section}: {f:?} {e}"));

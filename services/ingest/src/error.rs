@@ -15,7 +15,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -32,7 +35,11 @@ pub enum IngestError {
     Malformed { code: &'static str, message: String },
     /// Parseable but fails validation; every offending field is listed.
     #[error("{message}")]
-    Invalid { code: &'static str, message: String, details: Vec<FieldError> },
+    Invalid {
+        code: &'static str,
+        message: String,
+        details: Vec<FieldError>,
+    },
     /// Body, frame or point count above the configured limit.
     #[error("{0}")]
     TooLarge(String),
@@ -42,7 +49,10 @@ pub enum IngestError {
     NotFound(String),
     /// Kafka or a dependency pushes back; the caller retries after `retry_after_secs`.
     #[error("{reason}")]
-    Unavailable { reason: String, retry_after_secs: u64 },
+    Unavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -57,14 +67,26 @@ impl IngestError {
     pub fn invalid(code: &'static str, details: Vec<FieldError>) -> Self {
         let message = match details.as_slice() {
             [one] => format!("{}: {}", one.field, one.reason),
-            many => format!("{} invalid fields, first {}: {}", many.len(), many[0].field, many[0].reason),
+            many => format!(
+                "{} invalid fields, first {}: {}",
+                many.len(),
+                many[0].field,
+                many[0].reason
+            ),
         };
-        Self::Invalid { code, message, details }
+        Self::Invalid {
+            code,
+            message,
+            details,
+        }
     }
 
     pub fn from_produce(e: ProduceError, retry_after_secs: u64) -> Self {
         if e.is_retryable() {
-            Self::Unavailable { reason: format!("kafka is not accepting records: {e}"), retry_after_secs }
+            Self::Unavailable {
+                reason: format!("kafka is not accepting records: {e}"),
+                retry_after_secs,
+            }
         } else if let ProduceError::TooLarge { .. } = e {
             Self::TooLarge(e.to_string())
         } else {
@@ -103,9 +125,10 @@ impl IngestError {
         match self {
             Self::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Self::Forbidden(_) => tonic::Code::PermissionDenied,
-            Self::Malformed { .. } | Self::Invalid { .. } | Self::TooLarge(_) | Self::UnsupportedMediaType(_) => {
-                tonic::Code::InvalidArgument
-            }
+            Self::Malformed { .. }
+            | Self::Invalid { .. }
+            | Self::TooLarge(_)
+            | Self::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
             Self::NotFound(_) => tonic::Code::NotFound,
             Self::Unavailable { .. } => tonic::Code::Unavailable,
             Self::Internal(_) => tonic::Code::Internal,
@@ -132,7 +155,10 @@ impl IngestError {
         if !details.is_empty() {
             e["details"] = serde_json::json!(details);
         }
-        if let Self::Unavailable { retry_after_secs, .. } = self {
+        if let Self::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
             e["retry_after_secs"] = serde_json::json!(retry_after_secs);
         }
         serde_json::json!({ "error": e })
@@ -142,11 +168,16 @@ impl IngestError {
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let mut resp = (self.http_status(), axum::Json(self.body())).into_response();
-        if let Self::Unavailable { retry_after_secs, .. } = &self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        if let Self::Unavailable {
+            retry_after_secs, ..
+        } = &self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if let Self::Unauthenticated(_) = &self {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -155,10 +186,13 @@ impl IntoResponse for IngestError {
 impl From<IngestError> for tonic::Status {
     fn from(e: IngestError) -> Self {
         let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
-        if let IngestError::Unavailable { retry_after_secs, .. } = &e
-            && let Ok(v) = retry_after_secs.to_string().parse() {
-                status.metadata_mut().insert("retry-after", v);
-            }
+        if let IngestError::Unavailable {
+            retry_after_secs, ..
+        } = &e
+            && let Ok(v) = retry_after_secs.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", v);
+        }
         status
     }
 }
@@ -169,7 +203,10 @@ mod tests {
 
     #[test]
     fn one_mapping_for_every_kind() {
-        let e = IngestError::invalid("invalid_telemetry", vec![FieldError::new("[3].lat", "must be between -90 and 90")]);
+        let e = IngestError::invalid(
+            "invalid_telemetry",
+            vec![FieldError::new("[3].lat", "must be between -90 and 90")],
+        );
         assert_eq!(e.http_status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.grpc_code(), tonic::Code::InvalidArgument);
         assert_eq!(e.body()["error"]["details"][0]["field"], "[3].lat");

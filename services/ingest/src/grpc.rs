@@ -37,7 +37,11 @@ impl IngestGrpc {
 
 /// Runs one call inside a span (child of the caller's `traceparent`), counts it
 /// and maps the error.
-async fn call<T>(method: &'static str, metadata: &MetadataMap, f: impl Future<Output = Result<T, IngestError>>) -> Result<Response<T>, Status> {
+async fn call<T>(
+    method: &'static str,
+    metadata: &MetadataMap,
+    f: impl Future<Output = Result<T, IngestError>>,
+) -> Result<Response<T>, Status> {
     let span = tracing::info_span!("grpc_request", method);
     if let Some(tp) = metadata.get("traceparent").and_then(|v| v.to_str().ok()) {
         fleetwatch_common::telemetry::set_remote_parent(&span, tp);
@@ -46,11 +50,15 @@ async fn call<T>(method: &'static str, metadata: &MetadataMap, f: impl Future<Ou
     let code = match &r {
         Ok(_) => tonic::Code::Ok,
         Err(e) => {
-            metrics::REJECTIONS.with_label_values(&["grpc", e.code()]).inc();
+            metrics::REJECTIONS
+                .with_label_values(&["grpc", e.code()])
+                .inc();
             e.grpc_code()
         }
     };
-    metrics::REQUESTS.with_label_values(&["grpc", method, &format!("{code:?}")]).inc();
+    metrics::REQUESTS
+        .with_label_values(&["grpc", method, &format!("{code:?}")])
+        .inc();
     r.map(Response::new).map_err(Status::from)
 }
 
@@ -59,7 +67,11 @@ fn authorization(metadata: &MetadataMap) -> Option<&str> {
 }
 
 impl IngestGrpc {
-    async fn stream(&self, vehicle_auth: Option<String>, mut stream: Streaming<TelemetryChunk>) -> Result<IngestAck, IngestError> {
+    async fn stream(
+        &self,
+        vehicle_auth: Option<String>,
+        mut stream: Streaming<TelemetryChunk>,
+    ) -> Result<IngestAck, IngestError> {
         let app = &self.app;
         let vehicle = app.auth.authenticate(vehicle_auth.as_deref()).await?;
         let retry_after = app.sink.retry_after_secs();
@@ -94,29 +106,47 @@ impl IngestGrpc {
         while let Some(r) = in_flight.next().await {
             accepted += r.map_err(|e| IngestError::from_produce(e, retry_after))?;
         }
-        metrics::POINTS_ACCEPTED.with_label_values(&["grpc"]).inc_by(accepted as u64);
-        Ok(IngestAck { accepted: accepted as u64 })
+        metrics::POINTS_ACCEPTED
+            .with_label_values(&["grpc"])
+            .inc_by(accepted as u64);
+        Ok(IngestAck {
+            accepted: accepted as u64,
+        })
     }
 
-    async fn detections(&self, auth: Option<String>, mut batch: DetectionBatch) -> Result<IngestAck, IngestError> {
+    async fn detections(
+        &self,
+        auth: Option<String>,
+        mut batch: DetectionBatch,
+    ) -> Result<IngestAck, IngestError> {
         let app = &self.app;
         let vehicle = app.auth.authenticate(auth.as_deref()).await?;
         let clock = Clock::new(&app.limits, fleetwatch_common::now_unix_us());
         parse::check_proto_detections(&mut batch, &vehicle, &app.limits, &clock)?;
         app.sink.send_detections(&batch, "grpc").await?;
-        Ok(IngestAck { accepted: batch.detections.len() as u64 })
+        Ok(IngestAck {
+            accepted: batch.detections.len() as u64,
+        })
     }
 
-    async fn frame(&self, auth: Option<String>, mut frame: Frame) -> Result<IngestAck, IngestError> {
+    async fn frame(
+        &self,
+        auth: Option<String>,
+        mut frame: Frame,
+    ) -> Result<IngestAck, IngestError> {
         let app = &self.app;
         let vehicle = app.auth.authenticate(auth.as_deref()).await?;
         if !frame.vehicle_id.is_empty() && frame.vehicle_id != vehicle {
             return Err(IngestError::Forbidden(crate::error::FieldError::new(
                 "vehicle_id",
-                format!("names vehicle {:?}, but the credentials belong to {vehicle:?}", frame.vehicle_id),
+                format!(
+                    "names vehicle {:?}, but the credentials belong to {vehicle:?}",
+                    frame.vehicle_id
+                ),
             )));
         }
-        if !frame.content_type.is_empty() && !frame.content_type.eq_ignore_ascii_case("image/jpeg") {
+        if !frame.content_type.is_empty() && !frame.content_type.eq_ignore_ascii_case("image/jpeg")
+        {
             return Err(IngestError::UnsupportedMediaType(format!(
                 "content_type {:?} is not accepted; only image/jpeg",
                 frame.content_type
@@ -124,7 +154,11 @@ impl IngestGrpc {
         }
         let clock = Clock::new(&app.limits, fleetwatch_common::now_unix_us());
         let (w, h) = parse::jpeg_dimensions(&frame.data, app.limits.max_frame_bytes)?;
-        let t = if frame.time_unix_us == 0 { clock.now_us } else { frame.time_unix_us };
+        let t = if frame.time_unix_us == 0 {
+            clock.now_us
+        } else {
+            frame.time_unix_us
+        };
         frame.time_unix_us = parse::check_frame_time(t, &clock)?;
         frame.vehicle_id = vehicle;
         frame.content_type = "image/jpeg".into();
@@ -138,16 +172,32 @@ impl IngestGrpc {
 
 #[tonic::async_trait]
 impl IngestService for IngestGrpc {
-    async fn stream_telemetry(&self, request: Request<Streaming<TelemetryChunk>>) -> Result<Response<IngestAck>, Status> {
+    async fn stream_telemetry(
+        &self,
+        request: Request<Streaming<TelemetryChunk>>,
+    ) -> Result<Response<IngestAck>, Status> {
         let md = request.metadata().clone();
         let auth = authorization(&md).map(str::to_string);
-        call("StreamTelemetry", &md, self.stream(auth, request.into_inner())).await
+        call(
+            "StreamTelemetry",
+            &md,
+            self.stream(auth, request.into_inner()),
+        )
+        .await
     }
 
-    async fn send_detections(&self, request: Request<DetectionBatch>) -> Result<Response<IngestAck>, Status> {
+    async fn send_detections(
+        &self,
+        request: Request<DetectionBatch>,
+    ) -> Result<Response<IngestAck>, Status> {
         let md = request.metadata().clone();
         let auth = authorization(&md).map(str::to_string);
-        call("SendDetections", &md, self.detections(auth, request.into_inner())).await
+        call(
+            "SendDetections",
+            &md,
+            self.detections(auth, request.into_inner()),
+        )
+        .await
     }
 
     async fn send_frame(&self, request: Request<Frame>) -> Result<Response<IngestAck>, Status> {

@@ -28,7 +28,10 @@ pub fn router(app: Arc<App>) -> Router {
     let frame_limit = DefaultBodyLimit::max(app.limits.max_frame_bytes / 3 * 4 + 8 * 1024);
     Router::new()
         .route("/api/v1/telemetry", post(post_telemetry).layer(json_limit))
-        .route("/api/v1/detections", post(post_detections).layer(json_limit))
+        .route(
+            "/api/v1/detections",
+            post(post_detections).layer(json_limit),
+        )
         .route("/api/v1/frames", post(post_frame).layer(frame_limit))
         .route("/api/data", post(post_data).layer(json_limit))
         .route("/api/video", post(post_frame).layer(frame_limit))
@@ -40,13 +43,25 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// Request span (child of the caller's `traceparent`) and the request metric.
 async fn observe(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    let route = matched.map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = matched
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let span = tracing::info_span!("http_request", method = %req.method(), route = %route);
-    if let Some(tp) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
         fleetwatch_common::telemetry::set_remote_parent(&span, tp);
     }
     let resp = next.run(req).instrument(span).await;
-    metrics::REQUESTS.with_label_values(&["http", &route, metrics::status_class(resp.status().as_u16())]).inc();
+    metrics::REQUESTS
+        .with_label_values(&[
+            "http",
+            &route,
+            metrics::status_class(resp.status().as_u16()),
+        ])
+        .inc();
     resp
 }
 
@@ -54,7 +69,9 @@ fn respond(r: Result<Value, IngestError>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => {
-            metrics::REJECTIONS.with_label_values(&["http", e.code()]).inc();
+            metrics::REJECTIONS
+                .with_label_values(&["http", e.code()])
+                .inc();
             if e.is_retryable() {
                 tracing::debug!(error = %e, "refused with 503");
             }
@@ -64,7 +81,9 @@ fn respond(r: Result<Value, IngestError>) -> Response {
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
 }
 
 fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, IngestError> {
@@ -72,7 +91,10 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
         if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             IngestError::TooLarge(format!("request body exceeds {limit} bytes"))
         } else {
-            IngestError::Malformed { code: "bad_body", message: r.body_text() }
+            IngestError::Malformed {
+                code: "bad_body",
+                message: r.body_text(),
+            }
         }
     })
 }
@@ -85,24 +107,44 @@ fn accepted(n: usize, ignored: &std::collections::BTreeSet<String>) -> Value {
     v
 }
 
-async fn telemetry(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejection>, shape: Shape) -> Result<Value, IngestError> {
+async fn telemetry(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    shape: Shape,
+) -> Result<Value, IngestError> {
     let vehicle = app.auth.authenticate(authorization(headers)).await?;
     let body = body_bytes(body, app.limits.max_json_body_bytes)?;
     let clock = Clock::new(&app.limits, fleetwatch_common::now_unix_us());
     let parsed = parse::parse_telemetry(&body, shape, &vehicle, &app.limits, &clock)?;
-    let n = app.sink.send_telemetry(&vehicle, parsed.points, "http", clock.now_us).await?;
+    let n = app
+        .sink
+        .send_telemetry(&vehicle, parsed.points, "http", clock.now_us)
+        .await?;
     Ok(accepted(n, &parsed.ignored_fields))
 }
 
-async fn post_telemetry(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn post_telemetry(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     respond(telemetry(&app, &headers, body, Shape::Any).await)
 }
 
-async fn post_data(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn post_data(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     respond(telemetry(&app, &headers, body, Shape::Single).await)
 }
 
-async fn detections(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, IngestError> {
+async fn detections(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, IngestError> {
     let vehicle = app.auth.authenticate(authorization(headers)).await?;
     let body = body_bytes(body, app.limits.max_json_body_bytes)?;
     let clock = Clock::new(&app.limits, fleetwatch_common::now_unix_us());
@@ -111,7 +153,11 @@ async fn detections(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRej
     Ok(json!({ "accepted": batch.detections.len() }))
 }
 
-async fn post_detections(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn post_detections(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     respond(detections(&app, &headers, body).await)
 }
 
@@ -132,7 +178,11 @@ struct Base64Frame {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 async fn frame(
@@ -142,13 +192,23 @@ async fn frame(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, IngestError> {
     let vehicle = app.auth.authenticate(authorization(headers)).await?;
-    let Query(query) = query.map_err(|r| IngestError::Malformed { code: "bad_query", message: r.body_text() })?;
+    let Query(query) = query.map_err(|r| IngestError::Malformed {
+        code: "bad_query",
+        message: r.body_text(),
+    })?;
     let body = body_bytes(body, app.limits.max_frame_bytes)?;
-    let content_type = header_str(headers, "content-type").unwrap_or("").to_ascii_lowercase();
+    let content_type = header_str(headers, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let is_json = content_type.starts_with("application/json")
-        || (content_type.is_empty() && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
-    let mut timestamp = query.timestamp.or_else(|| header_str(headers, "x-frame-timestamp").map(str::to_string));
-    let mut frame_id = query.frame_id.or_else(|| header_str(headers, "x-frame-id").map(str::to_string));
+        || (content_type.is_empty()
+            && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
+    let mut timestamp = query
+        .timestamp
+        .or_else(|| header_str(headers, "x-frame-timestamp").map(str::to_string));
+    let mut frame_id = query
+        .frame_id
+        .or_else(|| header_str(headers, "x-frame-id").map(str::to_string));
     let data: Vec<u8> = if is_json {
         let f: Base64Frame = serde_json::from_slice(&body).map_err(|e| IngestError::Malformed {
             code: "malformed_json",
@@ -164,11 +224,26 @@ async fn frame(
         }
         timestamp = f.timestamp.or(timestamp);
         frame_id = f.frame_id.or(frame_id);
-        let b64 = f.frame.split_once(";base64,").map(|(_, d)| d).unwrap_or(&f.frame);
-        base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
-            IngestError::invalid(parse::INVALID_FRAME, vec![FieldError::new("frame", format!("is not valid base64: {e}"))])
-        })?
-    } else if content_type.is_empty() || content_type.starts_with("image/jpeg") || content_type.starts_with("application/octet-stream") {
+        let b64 = f
+            .frame
+            .split_once(";base64,")
+            .map(|(_, d)| d)
+            .unwrap_or(&f.frame);
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| {
+                IngestError::invalid(
+                    parse::INVALID_FRAME,
+                    vec![FieldError::new(
+                        "frame",
+                        format!("is not valid base64: {e}"),
+                    )],
+                )
+            })?
+    } else if content_type.is_empty()
+        || content_type.starts_with("image/jpeg")
+        || content_type.starts_with("application/octet-stream")
+    {
         body.to_vec()
     } else {
         return Err(IngestError::UnsupportedMediaType(format!(
@@ -214,7 +289,14 @@ pub fn point_json(p: &TelemetryPoint) -> Value {
         "drone_id": p.vehicle_id,
         "timestamp": rfc3339(p.time_unix_us),
     });
-    for (k, f) in [("lat", p.lat), ("lon", p.lon), ("alt", p.alt), ("speed", p.speed), ("heading", p.heading), ("battery", p.battery)] {
+    for (k, f) in [
+        ("lat", p.lat),
+        ("lon", p.lon),
+        ("alt", p.alt),
+        ("speed", p.speed),
+        ("heading", p.heading),
+        ("battery", p.battery),
+    ] {
         if let Some(f) = f {
             v[k] = json!(f);
         }
@@ -228,22 +310,36 @@ pub fn point_json(p: &TelemetryPoint) -> Value {
 
 async fn latest(app: &App, headers: &HeaderMap) -> Result<Value, IngestError> {
     let vehicle = app.auth.authenticate(authorization(headers)).await?;
-    let unavailable = |reason: String| IngestError::Unavailable { reason, retry_after_secs: app.limits.retry_after_secs };
+    let unavailable = |reason: String| IngestError::Unavailable {
+        reason,
+        retry_after_secs: app.limits.retry_after_secs,
+    };
     let mut client = app.persistence.clone();
-    let resp = client.get_latest(GetLatestRequest { vehicle_ids: vec![vehicle.clone()] }).await.map_err(|s| {
-        tracing::debug!(code = ?s.code(), error = %s.message(), "persistence query failed");
-        match s.code() {
-            tonic::Code::NotFound => IngestError::NotFound(format!("no telemetry for {vehicle} yet")),
-            _ => unavailable(format!("persistence is unavailable: {}", s.message())),
-        }
-    })?;
+    let resp = client
+        .get_latest(GetLatestRequest {
+            vehicle_ids: vec![vehicle.clone()],
+        })
+        .await
+        .map_err(|s| {
+            tracing::debug!(code = ?s.code(), error = %s.message(), "persistence query failed");
+            match s.code() {
+                tonic::Code::NotFound => {
+                    IngestError::NotFound(format!("no telemetry for {vehicle} yet"))
+                }
+                _ => unavailable(format!("persistence is unavailable: {}", s.message())),
+            }
+        })?;
     let state = resp
         .into_inner()
         .vehicles
         .into_iter()
         .find(|s| s.vehicle_id == vehicle && s.point.is_some())
         .ok_or_else(|| IngestError::NotFound(format!("no telemetry for {vehicle} yet")))?;
-    let mut v = state.point.as_ref().map(point_json).unwrap_or_else(|| json!({}));
+    let mut v = state
+        .point
+        .as_ref()
+        .map(point_json)
+        .unwrap_or_else(|| json!({}));
     v["vehicle_id"] = json!(vehicle);
     v["drone_id"] = json!(vehicle);
     v["updated_at"] = rfc3339(state.updated_unix_us);

@@ -54,8 +54,11 @@ pub struct Running {
 /// Connects to the database and Kafka, binds every listener and starts
 /// serving; returns once all ports are bound.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
-    let pool = fleetwatch_db::connect_checked(&config.database).await.context("vehicle registry database")?;
-    let producer = Producer::new(&config.kafka, CLIENT_ID).context("creating the kafka producer")?;
+    let pool = fleetwatch_db::connect_checked(&config.database)
+        .await
+        .context("vehicle registry database")?;
+    let producer =
+        Producer::new(&config.kafka, CLIENT_ID).context("creating the kafka producer")?;
     let timeout = Duration::from_millis(config.persistence.timeout_ms);
     let channel = Endpoint::from_shared(config.persistence.grpc_url.clone())
         .context("persistence.grpc_url")?
@@ -75,7 +78,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     });
 
     let readiness = Readiness::default();
-    let (admin_addr, admin) = fleetwatch_common::admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+    let (admin_addr, admin) =
+        fleetwatch_common::admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
 
     let http_listener = TcpListener::bind(config.http.listen)
         .await
@@ -95,13 +99,20 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .with_context(|| format!("cannot bind the gRPC API on {}", config.grpc.listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let (mut health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<IngestServiceServer<grpc::IngestGrpc>>().await;
+    health
+        .set_serving::<IngestServiceServer<grpc::IngestGrpc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fleetwatch_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("grpc reflection")?;
-    let max_message = config.limits.max_frame_bytes.max(config.limits.max_json_body_bytes) + config::RECORD_HEADROOM_BYTES as usize;
-    let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone())).max_decoding_message_size(max_message);
+    let max_message = config
+        .limits
+        .max_frame_bytes
+        .max(config.limits.max_json_body_bytes)
+        + config::RECORD_HEADROOM_BYTES as usize;
+    let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone()))
+        .max_decoding_message_size(max_message);
     let grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -117,7 +128,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     });
 
     let (mqtt, mqtt_subscribed) = if config.mqtt.enabled {
-        let (h, s) = mqtt::start(app.clone(), config.mqtt.clone(), config.kafka.producer.max_message_bytes, shutdown.clone());
+        let (h, s) = mqtt::start(
+            app.clone(),
+            config.mqtt.clone(),
+            config.kafka.producer.max_message_bytes,
+            shutdown.clone(),
+        );
         (Some(h), Some(s))
     } else {
         (None, None)
@@ -143,7 +159,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         tracing::info!("ingest stopped");
         Ok(())
     });
-    Ok(Running { http_addr, grpc_addr, admin_addr, mqtt_subscribed, handle })
+    Ok(Running {
+        http_addr,
+        grpc_addr,
+        admin_addr,
+        mqtt_subscribed,
+        handle,
+    })
 }
 
 /// Starts ingest and waits until `shutdown` stopped it.

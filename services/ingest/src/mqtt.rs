@@ -81,13 +81,24 @@ pub fn match_filter(filter: &str, topic: &str) -> Option<String> {
 /// The filter to subscribe with: shared across replicas when a group is set.
 /// Publishes still arrive on their plain topic, so routing matches the plain filter.
 fn subscription(shared_group: &str, filter: &str) -> String {
-    if shared_group.is_empty() { filter.to_string() } else { format!("$share/{shared_group}/{filter}") }
+    if shared_group.is_empty() {
+        filter.to_string()
+    } else {
+        format!("$share/{shared_group}/{filter}")
+    }
 }
 
 fn route(config: &MqttConfig, topic: &str) -> Option<(Kind, String)> {
-    let tel = config.telemetry_filters.iter().map(|f| (Kind::Telemetry, f));
-    let det = config.detection_filters.iter().map(|f| (Kind::Detections, f));
-    tel.chain(det).find_map(|(k, f)| match_filter(f, topic).map(|v| (k, v)))
+    let tel = config
+        .telemetry_filters
+        .iter()
+        .map(|f| (Kind::Telemetry, f));
+    let det = config
+        .detection_filters
+        .iter()
+        .map(|f| (Kind::Detections, f));
+    tel.chain(det)
+        .find_map(|(k, f)| match_filter(f, topic).map(|v| (k, v)))
 }
 
 type Delivery = Pin<Box<dyn Future<Output = Result<(), ProduceError>> + Send>>;
@@ -110,7 +121,10 @@ pub fn start(
         // A packet above the incoming limit kills the connection (and would
         // be redelivered forever), so accept anything a record can hold and
         // dead-letter what is too large for the parser.
-        .set_max_packet_size(kafka_max_message_bytes.saturating_sub(RECORD_HEADROOM_BYTES) as usize, 64 * 1024)
+        .set_max_packet_size(
+            kafka_max_message_bytes.saturating_sub(RECORD_HEADROOM_BYTES) as usize,
+            64 * 1024,
+        )
         .set_request_channel_capacity(config.max_in_flight * 2 + 64);
     let (client, eventloop) = AsyncClient::new(opts, config.max_in_flight * 2 + 64);
     let (tx, rx) = mpsc::channel(config.max_in_flight);
@@ -126,10 +140,20 @@ pub fn start(
         stop.clone(),
         subscribed_tx,
     ));
-    let pipeline = Pipeline { app, config, client, generation, shutdown, pending_acks: VecDeque::new() };
+    let pipeline = Pipeline {
+        app,
+        config,
+        client,
+        generation,
+        shutdown,
+        pending_acks: VecDeque::new(),
+    };
     let handle = tokio::spawn(async move {
         pipeline.run(rx).await;
-        if tokio::time::timeout(Duration::from_secs(5), events).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), events)
+            .await
+            .is_err()
+        {
             stop.cancel();
         }
     });
@@ -164,14 +188,20 @@ async fn run_eventloop(
                 // broker; their acks would be meaningless now.
                 generation.fetch_add(1, Ordering::SeqCst);
                 backoff = Duration::from_millis(100);
-                metrics::MQTT_CONNECTIONS.with_label_values(&["connected"]).inc();
+                metrics::MQTT_CONNECTIONS
+                    .with_label_values(&["connected"])
+                    .inc();
                 tracing::info!(host = %config.host, port = config.port, session_present = ack.session_present, "mqtt connected");
                 if let Err(e) = client.try_subscribe_many(filters.clone()) {
                     tracing::error!(error = %e, "cannot subscribe to mqtt topics");
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
                     tracing::error!(filters = ?config.telemetry_filters.iter().chain(&config.detection_filters).collect::<Vec<_>>(), "mqtt broker refused a subscription; check its ACLs");
                 } else {
                     subscribed.send_modify(|n| *n += 1);
@@ -185,7 +215,9 @@ async fn run_eventloop(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
-                metrics::MQTT_CONNECTIONS.with_label_values(&["error"]).inc();
+                metrics::MQTT_CONNECTIONS
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mqtt connection failed");
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -234,7 +266,10 @@ impl Pipeline {
                 Ok(Some((g, p, true))) => self.pending_acks.push_back((g, p)),
                 Ok(_) => {}
                 Err(_) => {
-                    tracing::warn!(left = in_flight.len(), "mqtt messages not acknowledged by kafka before shutdown; the broker redelivers them");
+                    tracing::warn!(
+                        left = in_flight.len(),
+                        "mqtt messages not acknowledged by kafka before shutdown; the broker redelivers them"
+                    );
                     break;
                 }
             }
@@ -269,7 +304,9 @@ impl Pipeline {
     async fn prepare(&self, g: u64, p: Publish) -> Pending {
         let Some((kind, vehicle)) = route(&self.config, &p.topic) else {
             // Only possible with overlapping subscriptions from an earlier config.
-            metrics::MQTT_MESSAGES.with_label_values(&["unmatched", "ignored"]).inc();
+            metrics::MQTT_MESSAGES
+                .with_label_values(&["unmatched", "ignored"])
+                .inc();
             tracing::warn!(topic = %p.topic, "mqtt message on a topic no filter matches; acknowledged and ignored");
             return Box::pin(std::future::ready((g, p, true)));
         };
@@ -296,35 +333,51 @@ impl Pipeline {
             return self.dead_letter(g, p, kind, target, reason, "dlq_unknown_vehicle");
         }
         if p.payload.len() > app.limits.max_json_body_bytes {
-            let reason = format!("payload of {} bytes exceeds {}", p.payload.len(), app.limits.max_json_body_bytes);
+            let reason = format!(
+                "payload of {} bytes exceeds {}",
+                p.payload.len(),
+                app.limits.max_json_body_bytes
+            );
             return self.dead_letter(g, p, kind, target, reason, "dlq_invalid");
         }
         let clock = Clock::new(&app.limits, fleetwatch_common::now_unix_us());
         let sink = app.sink.clone();
         let make: Box<dyn Fn() -> Delivery + Send> = match kind {
-            Kind::Telemetry => match parse::parse_telemetry(&p.payload, Shape::Any, &vehicle, &app.limits, &clock) {
-                Ok(parsed) => {
-                    let n = parsed.points.len() as u64;
-                    let batches = sink.telemetry_batches(&vehicle, parsed.points, "mqtt", clock.now_us);
-                    let s = sink.clone();
-                    Box::new(move || {
-                        let f = s.start_telemetry(batches.clone());
-                        Box::pin(async move {
-                            f.await?;
-                            metrics::POINTS_ACCEPTED.with_label_values(&["mqtt"]).inc_by(n);
-                            Ok(())
+            Kind::Telemetry => {
+                match parse::parse_telemetry(&p.payload, Shape::Any, &vehicle, &app.limits, &clock)
+                {
+                    Ok(parsed) => {
+                        let n = parsed.points.len() as u64;
+                        let batches =
+                            sink.telemetry_batches(&vehicle, parsed.points, "mqtt", clock.now_us);
+                        let s = sink.clone();
+                        Box::new(move || {
+                            let f = s.start_telemetry(batches.clone());
+                            Box::pin(async move {
+                                f.await?;
+                                metrics::POINTS_ACCEPTED
+                                    .with_label_values(&["mqtt"])
+                                    .inc_by(n);
+                                Ok(())
+                            })
                         })
-                    })
+                    }
+                    Err(e) => {
+                        return self.dead_letter(g, p, kind, target, e.to_string(), "dlq_invalid");
+                    }
                 }
-                Err(e) => return self.dead_letter(g, p, kind, target, e.to_string(), "dlq_invalid"),
-            },
-            Kind::Detections => match parse::parse_detections(&p.payload, &vehicle, &app.limits, &clock) {
-                Ok(batch) => {
-                    let s = sink.clone();
-                    Box::new(move || s.start_detections(&batch))
+            }
+            Kind::Detections => {
+                match parse::parse_detections(&p.payload, &vehicle, &app.limits, &clock) {
+                    Ok(batch) => {
+                        let s = sink.clone();
+                        Box::new(move || s.start_detections(&batch))
+                    }
+                    Err(e) => {
+                        return self.dead_letter(g, p, kind, target, e.to_string(), "dlq_invalid");
+                    }
                 }
-                Err(e) => return self.dead_letter(g, p, kind, target, e.to_string(), "dlq_invalid"),
-            },
+            }
         };
         let first = make();
         let shutdown = self.shutdown.clone();
@@ -332,7 +385,9 @@ impl Pipeline {
         Box::pin(async move {
             match deliver(first, make, &shutdown).await {
                 Delivered::Yes => {
-                    metrics::MQTT_MESSAGES.with_label_values(&[kind.label(), "accepted"]).inc();
+                    metrics::MQTT_MESSAGES
+                        .with_label_values(&[kind.label(), "accepted"])
+                        .inc();
                     (g, p, true)
                 }
                 Delivered::Stopped => (g, p, false),
@@ -344,9 +399,23 @@ impl Pipeline {
         })
     }
 
-    fn dead_letter(&self, g: u64, p: Publish, kind: Kind, target: String, reason: String, outcome: &'static str) -> Pending {
-        metrics::MQTT_MESSAGES.with_label_values(&[kind.label(), outcome]).inc();
-        let d = DeadLetterer { sink: self.app.sink.clone(), target, kind };
+    fn dead_letter(
+        &self,
+        g: u64,
+        p: Publish,
+        kind: Kind,
+        target: String,
+        reason: String,
+        outcome: &'static str,
+    ) -> Pending {
+        metrics::MQTT_MESSAGES
+            .with_label_values(&[kind.label(), outcome])
+            .inc();
+        let d = DeadLetterer {
+            sink: self.app.sink.clone(),
+            target,
+            kind,
+        };
         let make = d.maker(&p, reason);
         let first = make();
         let shutdown = self.shutdown.clone();
@@ -407,10 +476,19 @@ impl DeadLetterer {
                 (DLQ_SOURCE_PROTOCOL, b"mqtt".to_vec()),
                 (DLQ_TARGET_TOPIC, target.clone().into_bytes()),
                 (headers::DLQ_ERROR, reason.clone().into_bytes()),
-                (headers::DLQ_TIME_UNIX_US, fleetwatch_common::now_unix_us().to_string().into_bytes()),
+                (
+                    headers::DLQ_TIME_UNIX_US,
+                    fleetwatch_common::now_unix_us().to_string().into_bytes(),
+                ),
             ];
             // Key: the MQTT topic, which names the vehicle (known or not).
-            sink.send_raw(dlq.clone(), topic.clone(), payload.clone(), MQTT_PAYLOAD_TYPE, hdrs)
+            sink.send_raw(
+                dlq.clone(),
+                topic.clone(),
+                payload.clone(),
+                MQTT_PAYLOAD_TYPE,
+                hdrs,
+            )
         }
     }
 
@@ -421,7 +499,9 @@ impl DeadLetterer {
             Delivered::Never(e) => {
                 // Nothing can ever hold this message; keeping it unacked would
                 // block the session forever.
-                metrics::MQTT_MESSAGES.with_label_values(&[self.kind.label(), "dlq_failed"]).inc();
+                metrics::MQTT_MESSAGES
+                    .with_label_values(&[self.kind.label(), "dlq_failed"])
+                    .inc();
                 tracing::error!(error = %e, dlq = %fleetwatch_proto::topics::dlq(&self.target), "cannot dead-letter an mqtt message; acknowledged and lost");
                 true
             }
@@ -429,7 +509,9 @@ impl DeadLetterer {
     }
 
     async fn send(&self, p: &Publish, reason: String, shutdown: &Shutdown) -> bool {
-        metrics::MQTT_MESSAGES.with_label_values(&[self.kind.label(), "dlq_invalid"]).inc();
+        metrics::MQTT_MESSAGES
+            .with_label_values(&[self.kind.label(), "dlq_invalid"])
+            .inc();
         let make = self.maker(p, reason);
         let first = make();
         self.finish(deliver(first, make, shutdown).await)
@@ -442,27 +524,54 @@ mod tests {
 
     #[test]
     fn shared_subscriptions() {
-        assert_eq!(subscription("fleetwatch-ingest", "fleet/+/telemetry"), "$share/fleetwatch-ingest/fleet/+/telemetry");
+        assert_eq!(
+            subscription("fleetwatch-ingest", "fleet/+/telemetry"),
+            "$share/fleetwatch-ingest/fleet/+/telemetry"
+        );
         assert_eq!(subscription("", "fleet/+/telemetry"), "fleet/+/telemetry");
     }
 
     #[test]
     fn filters_capture_the_vehicle() {
-        assert_eq!(match_filter("fleet/+/telemetry", "fleet/drone-01/telemetry").as_deref(), Some("drone-01"));
-        assert_eq!(match_filter("x/fleet/+/telemetry", "x/fleet/d1/telemetry").as_deref(), Some("d1"));
-        assert_eq!(match_filter("fleet/+/telemetry", "fleet/d1/detections"), None);
-        assert_eq!(match_filter("fleet/+/telemetry", "fleet/d1/telemetry/x"), None);
+        assert_eq!(
+            match_filter("fleet/+/telemetry", "fleet/drone-01/telemetry").as_deref(),
+            Some("drone-01")
+        );
+        assert_eq!(
+            match_filter("x/fleet/+/telemetry", "x/fleet/d1/telemetry").as_deref(),
+            Some("d1")
+        );
+        assert_eq!(
+            match_filter("fleet/+/telemetry", "fleet/d1/detections"),
+            None
+        );
+        assert_eq!(
+            match_filter("fleet/+/telemetry", "fleet/d1/telemetry/x"),
+            None
+        );
         assert_eq!(match_filter("fleet/+/telemetry", "fleet//telemetry"), None);
         assert_eq!(match_filter("fleet/+/telemetry", "fleet/telemetry"), None);
-        assert_eq!(match_filter("fleet/+/+/t", "fleet/a/b/t").as_deref(), Some("a"));
-        assert_eq!(match_filter("drone/+/#", "drone/7/detections/raw").as_deref(), Some("7"));
+        assert_eq!(
+            match_filter("fleet/+/+/t", "fleet/a/b/t").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            match_filter("drone/+/#", "drone/7/detections/raw").as_deref(),
+            Some("7")
+        );
     }
 
     #[test]
     fn routes_by_kind() {
         let c = MqttConfig::default();
-        assert_eq!(route(&c, "fleet/v1/telemetry"), Some((Kind::Telemetry, "v1".into())));
-        assert_eq!(route(&c, "drone/01/detections"), Some((Kind::Detections, "01".into())));
+        assert_eq!(
+            route(&c, "fleet/v1/telemetry"),
+            Some((Kind::Telemetry, "v1".into()))
+        );
+        assert_eq!(
+            route(&c, "drone/01/detections"),
+            Some((Kind::Detections, "01".into()))
+        );
         assert_eq!(route(&c, "other/01/x"), None);
     }
 }

@@ -42,9 +42,15 @@ impl Clock {
 
     fn check(&self, t: i64) -> Result<(), String> {
         if t > self.now_us.saturating_add(self.max_future_us) {
-            Err(format!("is more than {} s in the future", self.max_future_us / 1_000_000))
+            Err(format!(
+                "is more than {} s in the future",
+                self.max_future_us / 1_000_000
+            ))
         } else if t < self.now_us.saturating_sub(self.max_age_us) {
-            Err(format!("is older than the {} s retention window", self.max_age_us / 1_000_000))
+            Err(format!(
+                "is older than the {} s retention window",
+                self.max_age_us / 1_000_000
+            ))
         } else {
             Ok(())
         }
@@ -60,7 +66,11 @@ struct Problems {
 
 impl Problems {
     fn new() -> Self {
-        Self { details: Vec::new(), count: 0, forbidden: None }
+        Self {
+            details: Vec::new(),
+            count: 0,
+            forbidden: None,
+        }
     }
 
     fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
@@ -85,9 +95,13 @@ impl Problems {
         }
         let mut e = IngestError::invalid(code, self.details);
         if let IngestError::Invalid { message, .. } = &mut e
-            && self.count > MAX_DETAILS {
-                message.push_str(&format!(" ({} problems, first {MAX_DETAILS} listed)", self.count));
-            }
+            && self.count > MAX_DETAILS
+        {
+            message.push_str(&format!(
+                " ({} problems, first {MAX_DETAILS} listed)",
+                self.count
+            ));
+        }
         Err(e)
     }
 }
@@ -110,26 +124,41 @@ pub enum Shape {
 }
 
 fn malformed(message: String) -> IngestError {
-    IngestError::Malformed { code: "malformed_json", message }
+    IngestError::Malformed {
+        code: "malformed_json",
+        message,
+    }
 }
 
 fn empty_body() -> IngestError {
-    IngestError::Malformed { code: "empty_body", message: "request body is empty; send a JSON object, array or NDJSON".into() }
+    IngestError::Malformed {
+        code: "empty_body",
+        message: "request body is empty; send a JSON object, array or NDJSON".into(),
+    }
 }
 
 /// Splits a body into JSON values: a top-level array's elements, or every
 /// whitespace-separated value (one for a plain object, one per line for
 /// NDJSON). Returns whether the body held a collection (for field paths).
 pub fn json_values(body: &[u8], shape: Shape) -> Result<(Vec<Value>, bool), IngestError> {
-    let first = body.iter().position(|b| !b.is_ascii_whitespace()).ok_or_else(empty_body)?;
+    let first = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .ok_or_else(empty_body)?;
     if body[first] == b'[' {
         if shape == Shape::Single {
             return Err(malformed("expected one JSON object, got an array".into()));
         }
-        let v: Value = serde_json::from_slice(body).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
-        let Value::Array(items) = v else { return Err(malformed("expected a JSON array".into())) };
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+        let Value::Array(items) = v else {
+            return Err(malformed("expected a JSON array".into()));
+        };
         if items.is_empty() {
-            return Err(IngestError::Malformed { code: "empty_body", message: "the array is empty".into() });
+            return Err(IngestError::Malformed {
+                code: "empty_body",
+                message: "the array is empty".into(),
+            });
         }
         return Ok((items, true));
     }
@@ -183,9 +212,10 @@ fn check_ids(obj: &Map<String, Value>, prefix: &str, vehicle: &str, p: &mut Prob
         match obj.get(key) {
             None | Some(Value::Null) => {}
             Some(Value::String(id)) if id == vehicle => {}
-            Some(Value::String(id)) => {
-                p.forbid(format!("{prefix}{key}"), format!("names vehicle {id:?}, but the credentials belong to {vehicle:?}"))
-            }
+            Some(Value::String(id)) => p.forbid(
+                format!("{prefix}{key}"),
+                format!("names vehicle {id:?}, but the credentials belong to {vehicle:?}"),
+            ),
             Some(_) => p.push(format!("{prefix}{key}"), "must be a string"),
         }
     }
@@ -203,28 +233,40 @@ fn check_point(pt: &TelemetryPoint, prefix: &str, clock: &Clock, p: &mut Problem
     ];
     for (name, v) in fields {
         if let Some(v) = v
-            && !v.is_finite() {
-                p.push(format!("{prefix}{name}"), "must be a finite number");
-            }
+            && !v.is_finite()
+        {
+            p.push(format!("{prefix}{name}"), "must be a finite number");
+        }
     }
     if let Some(lat) = pt.lat.filter(|v| v.is_finite())
-        && !(-90.0..=90.0).contains(&lat) {
-            p.push(format!("{prefix}lat"), "must be between -90 and 90");
-        }
+        && !(-90.0..=90.0).contains(&lat)
+    {
+        p.push(format!("{prefix}lat"), "must be between -90 and 90");
+    }
     if let Some(lon) = pt.lon.filter(|v| v.is_finite())
-        && !(-180.0..=180.0).contains(&lon) {
-            p.push(format!("{prefix}lon"), "must be between -180 and 180");
-        }
+        && !(-180.0..=180.0).contains(&lon)
+    {
+        p.push(format!("{prefix}lon"), "must be between -180 and 180");
+    }
     match (pt.lat, pt.lon) {
         (Some(_), None) => p.push(format!("{prefix}lon"), "is required when lat is given"),
         (None, Some(_)) => p.push(format!("{prefix}lat"), "is required when lon is given"),
         _ => {}
     }
     if let Some(b) = pt.battery.filter(|v| v.is_finite())
-        && !(0.0..=100.0).contains(&b) {
-            p.push(format!("{prefix}battery"), "must be between 0 and 100 (percent)");
-        }
-    let mut names: Vec<&String> = pt.metrics.iter().filter(|(_, v)| !v.is_finite()).map(|(k, _)| k).collect();
+        && !(0.0..=100.0).contains(&b)
+    {
+        p.push(
+            format!("{prefix}battery"),
+            "must be between 0 and 100 (percent)",
+        );
+    }
+    let mut names: Vec<&String> = pt
+        .metrics
+        .iter()
+        .filter(|(_, v)| !v.is_finite())
+        .map(|(k, _)| k)
+        .collect();
     names.sort();
     for k in names {
         p.push(format!("{prefix}{k}"), "must be a finite number");
@@ -245,7 +287,10 @@ fn point_from_json(
     ignored: &mut BTreeSet<String>,
 ) -> TelemetryPoint {
     check_ids(obj, prefix, vehicle, p);
-    let mut pt = TelemetryPoint { vehicle_id: vehicle.to_string(), ..Default::default() };
+    let mut pt = TelemetryPoint {
+        vehicle_id: vehicle.to_string(),
+        ..Default::default()
+    };
     match timestamp(obj.get("timestamp"), clock) {
         Ok(t) => pt.time_unix_us = t,
         Err(reason) => {
@@ -327,14 +372,35 @@ pub fn parse_telemetry(
         )));
     }
     let mut p = Problems::new();
-    let mut out = ParsedTelemetry { points: Vec::with_capacity(values.len()), ..Default::default() };
+    let mut out = ParsedTelemetry {
+        points: Vec::with_capacity(values.len()),
+        ..Default::default()
+    };
     for (i, v) in values.iter().enumerate() {
-        let prefix = if multi { format!("[{i}].") } else { String::new() };
+        let prefix = if multi {
+            format!("[{i}].")
+        } else {
+            String::new()
+        };
         let Value::Object(obj) = v else {
-            p.push(if multi { format!("[{i}]") } else { "body".into() }, "must be a JSON object");
+            p.push(
+                if multi {
+                    format!("[{i}]")
+                } else {
+                    "body".into()
+                },
+                "must be a JSON object",
+            );
             continue;
         };
-        let pt = point_from_json(obj, &prefix, vehicle, clock, &mut p, &mut out.ignored_fields);
+        let pt = point_from_json(
+            obj,
+            &prefix,
+            vehicle,
+            clock,
+            &mut p,
+            &mut out.ignored_fields,
+        );
         check_point(&pt, &prefix, clock, &mut p);
         out.points.push(pt);
     }
@@ -366,7 +432,10 @@ pub fn check_proto_points(
         } else if pt.vehicle_id != vehicle {
             p.forbid(
                 format!("{prefix}vehicle_id"),
-                format!("names vehicle {:?}, but the credentials belong to {vehicle:?}", pt.vehicle_id),
+                format!(
+                    "names vehicle {:?}, but the credentials belong to {vehicle:?}",
+                    pt.vehicle_id
+                ),
             );
         }
         if pt.time_unix_us == 0 {
@@ -391,13 +460,25 @@ fn check_detection_batch(b: &DetectionBatch, clock: &Clock, p: &mut Problems) {
             p.push(format!("{prefix}conf"), "must be between 0 and 1");
         }
         match &d.bbox {
-            None => p.push(format!("{prefix}bbox"), "is required: [x_min, y_min, x_max, y_max] in 0..1"),
+            None => p.push(
+                format!("{prefix}bbox"),
+                "is required: [x_min, y_min, x_max, y_max] in 0..1",
+            ),
             Some(bb) => {
                 let coords = [bb.x_min, bb.y_min, bb.x_max, bb.y_max];
-                if coords.iter().any(|c| !c.is_finite() || !(0.0..=1.0).contains(c)) {
-                    p.push(format!("{prefix}bbox"), "coordinates must be normalised to 0..1");
+                if coords
+                    .iter()
+                    .any(|c| !c.is_finite() || !(0.0..=1.0).contains(c))
+                {
+                    p.push(
+                        format!("{prefix}bbox"),
+                        "coordinates must be normalised to 0..1",
+                    );
                 } else if bb.x_min > bb.x_max || bb.y_min > bb.y_max {
-                    p.push(format!("{prefix}bbox"), "needs x_min <= x_max and y_min <= y_max");
+                    p.push(
+                        format!("{prefix}bbox"),
+                        "needs x_min <= x_max and y_min <= y_max",
+                    );
                 }
             }
         }
@@ -427,7 +508,11 @@ fn detection_from_json(v: &Value, prefix: &str, p: &mut Problems) -> Detection {
         None | Some(Value::Null) => {}
         Some(_) => p.push(format!("{prefix}class"), "must be a string"),
     }
-    match obj.get("conf").or_else(|| obj.get("confidence")).map(number) {
+    match obj
+        .get("conf")
+        .or_else(|| obj.get("confidence"))
+        .map(number)
+    {
         Some(Ok(Some(c))) => d.confidence = c as f32,
         None | Some(Ok(None)) => p.push(format!("{prefix}conf"), "is required (0..1)"),
         Some(Err(reason)) => p.push(format!("{prefix}conf"), reason),
@@ -444,15 +529,28 @@ fn detection_from_json(v: &Value, prefix: &str, p: &mut Problems) -> Detection {
                 }
             }
             if ok {
-                d.bbox = Some(BoundingBox { x_min: c[0], y_min: c[1], x_max: c[2], y_max: c[3] });
+                d.bbox = Some(BoundingBox {
+                    x_min: c[0],
+                    y_min: c[1],
+                    x_max: c[2],
+                    y_max: c[3],
+                });
             } else {
                 p.push(format!("{prefix}bbox"), "must hold four finite numbers");
                 // Keep the batch check from also saying "required".
-                d.bbox = Some(BoundingBox { x_min: 0.0, y_min: 0.0, x_max: 0.0, y_max: 0.0 });
+                d.bbox = Some(BoundingBox {
+                    x_min: 0.0,
+                    y_min: 0.0,
+                    x_max: 0.0,
+                    y_max: 0.0,
+                });
             }
         }
         Some(_) => {
-            p.push(format!("{prefix}bbox"), "must be [x_min, y_min, x_max, y_max]");
+            p.push(
+                format!("{prefix}bbox"),
+                "must be [x_min, y_min, x_max, y_max]",
+            );
             d.bbox = Some(BoundingBox::default());
         }
     }
@@ -460,7 +558,10 @@ fn detection_from_json(v: &Value, prefix: &str, p: &mut Problems) -> Detection {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => d.track_id = s.clone(),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => d.track_id = n.to_string(),
-        Some(_) => p.push(format!("{prefix}track_id"), "must be a string or an integer"),
+        Some(_) => p.push(
+            format!("{prefix}track_id"),
+            "must be a string or an integer",
+        ),
     }
     d
 }
@@ -502,7 +603,11 @@ pub fn parse_detections(
                     limits.max_points_per_request
                 )));
             }
-            b.detections = items.iter().enumerate().map(|(i, v)| detection_from_json(v, &format!("detections[{i}]."), &mut p)).collect();
+            b.detections = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| detection_from_json(v, &format!("detections[{i}]."), &mut p))
+                .collect();
         }
         None | Some(Value::Null) => p.push("detections", "is required (an array, may be empty)"),
         Some(_) => p.push("detections", "must be an array"),
@@ -530,7 +635,13 @@ pub fn check_proto_detections(
     if b.vehicle_id.is_empty() {
         b.vehicle_id = vehicle.to_string();
     } else if b.vehicle_id != vehicle {
-        p.forbid("vehicle_id".into(), format!("names vehicle {:?}, but the credentials belong to {vehicle:?}", b.vehicle_id));
+        p.forbid(
+            "vehicle_id".into(),
+            format!(
+                "names vehicle {:?}, but the credentials belong to {vehicle:?}",
+                b.vehicle_id
+            ),
+        );
     }
     if b.time_unix_us == 0 {
         b.time_unix_us = clock.now_us;
@@ -545,30 +656,41 @@ pub fn check_proto_detections(
 pub fn frame_time(value: Option<&str>, clock: &Clock) -> Result<i64, IngestError> {
     let t = match value {
         None => clock.now_us,
-        Some(s) => parse_rfc3339(s.trim()).map_err(|r| IngestError::invalid(INVALID_FRAME, vec![FieldError::new("timestamp", r)]))?,
+        Some(s) => parse_rfc3339(s.trim()).map_err(|r| {
+            IngestError::invalid(INVALID_FRAME, vec![FieldError::new("timestamp", r)])
+        })?,
     };
     check_frame_time(t, clock)
 }
 
 pub fn check_frame_time(t: i64, clock: &Clock) -> Result<i64, IngestError> {
-    clock.check(t).map_err(|r| IngestError::invalid(INVALID_FRAME, vec![FieldError::new("timestamp", r)]))?;
+    clock
+        .check(t)
+        .map_err(|r| IngestError::invalid(INVALID_FRAME, vec![FieldError::new("timestamp", r)]))?;
     Ok(t)
 }
 
 /// Width and height of a JPEG, read from its header only (no decoding).
 pub fn jpeg_dimensions(data: &[u8], max_bytes: usize) -> Result<(u32, u32), IngestError> {
-    let invalid = |reason: &str| IngestError::invalid(INVALID_FRAME, vec![FieldError::new("frame", reason)]);
+    let invalid =
+        |reason: &str| IngestError::invalid(INVALID_FRAME, vec![FieldError::new("frame", reason)]);
     if data.is_empty() {
         return Err(invalid("is empty"));
     }
     if data.len() > max_bytes {
-        return Err(IngestError::TooLarge(format!("frame of {} bytes exceeds the {max_bytes}-byte limit", data.len())));
+        return Err(IngestError::TooLarge(format!(
+            "frame of {} bytes exceeds the {max_bytes}-byte limit",
+            data.len()
+        )));
     }
     if !data.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return Err(invalid("is not a JPEG (no SOI marker)"));
     }
-    let reader = image::ImageReader::with_format(std::io::Cursor::new(data), image::ImageFormat::Jpeg);
-    let (w, h) = reader.into_dimensions().map_err(|e| invalid(&format!("has an unreadable JPEG header: {e}")))?;
+    let reader =
+        image::ImageReader::with_format(std::io::Cursor::new(data), image::ImageFormat::Jpeg);
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| invalid(&format!("has an unreadable JPEG header: {e}")))?;
     if w == 0 || h == 0 {
         return Err(invalid("has zero width or height"));
     }
@@ -587,12 +709,20 @@ mod tests {
     }
 
     fn tel(body: &str) -> Result<ParsedTelemetry, IngestError> {
-        parse_telemetry(body.as_bytes(), Shape::Any, "drone-01", &LimitsConfig::default(), &clock())
+        parse_telemetry(
+            body.as_bytes(),
+            Shape::Any,
+            "drone-01",
+            &LimitsConfig::default(),
+            &clock(),
+        )
     }
 
     fn fields(e: &IngestError) -> Vec<String> {
         match e {
-            IngestError::Invalid { details, .. } => details.iter().map(|d| d.field.clone()).collect(),
+            IngestError::Invalid { details, .. } => {
+                details.iter().map(|d| d.field.clone()).collect()
+            }
             IngestError::Forbidden(f) => vec![f.field.clone()],
             other => panic!("not a field error: {other:?}"),
         }
@@ -610,7 +740,10 @@ mod tests {
         assert_eq!(p.speed, None);
         assert_eq!(p.metrics.get("rssi"), Some(&-61.0));
         assert_eq!(p.metrics.get("temp"), Some(&31.5));
-        assert_eq!(t.ignored_fields.iter().cloned().collect::<Vec<_>>(), vec!["metrics.note", "mode"]);
+        assert_eq!(
+            t.ignored_fields.iter().cloned().collect::<Vec<_>>(),
+            vec!["metrics.note", "mode"]
+        );
     }
 
     #[test]
@@ -618,7 +751,10 @@ mod tests {
         let t = tel(r#"[{"lat":1,"lon":2},{"vehicle_id":"drone-01","speed":3}]"#).unwrap();
         assert_eq!(t.points.len(), 2);
         assert_eq!(t.points[1].speed, Some(3.0));
-        assert_eq!(t.points[0].time_unix_us, NOW, "missing timestamp = receive time");
+        assert_eq!(
+            t.points[0].time_unix_us, NOW,
+            "missing timestamp = receive time"
+        );
         let t = tel("{\"lat\":1,\"lon\":2}\n\n{\"lat\":3,\"lon\":4}\n").unwrap();
         assert_eq!(t.points.len(), 2);
         assert_eq!(t.points[1].lat, Some(3.0));
@@ -632,10 +768,20 @@ mod tests {
         assert_eq!(tel("{\"lat\":").unwrap_err().code(), "malformed_json");
         assert_eq!(tel("{}\n{").unwrap_err().code(), "malformed_json");
         assert_eq!(fields(&tel("[1]").unwrap_err()), vec!["[0]"]);
-        let single = parse_telemetry(b"[{}]", Shape::Single, "drone-01", &LimitsConfig::default(), &clock());
+        let single = parse_telemetry(
+            b"[{}]",
+            Shape::Single,
+            "drone-01",
+            &LimitsConfig::default(),
+            &clock(),
+        );
         assert_eq!(single.unwrap_err().code(), "malformed_json");
-        let limits = LimitsConfig { max_points_per_request: 2, ..Default::default() };
-        let e = parse_telemetry(b"[{},{},{}]", Shape::Any, "drone-01", &limits, &clock()).unwrap_err();
+        let limits = LimitsConfig {
+            max_points_per_request: 2,
+            ..Default::default()
+        };
+        let e =
+            parse_telemetry(b"[{},{},{}]", Shape::Any, "drone-01", &limits, &clock()).unwrap_err();
         assert!(matches!(e, IngestError::TooLarge(_)));
     }
 
@@ -687,18 +833,40 @@ mod tests {
     fn proto_points_share_the_rules() {
         let limits = LimitsConfig::default();
         let mut pts = vec![
-            TelemetryPoint { lat: Some(1.0), lon: Some(2.0), ..Default::default() },
-            TelemetryPoint { lat: Some(f64::NAN), lon: Some(2.0), time_unix_us: NOW, ..Default::default() },
+            TelemetryPoint {
+                lat: Some(1.0),
+                lon: Some(2.0),
+                ..Default::default()
+            },
+            TelemetryPoint {
+                lat: Some(f64::NAN),
+                lon: Some(2.0),
+                time_unix_us: NOW,
+                ..Default::default()
+            },
         ];
-        let e = check_proto_points(&mut pts, "chunk[1].", "drone-01", &limits, &clock()).unwrap_err();
+        let e =
+            check_proto_points(&mut pts, "chunk[1].", "drone-01", &limits, &clock()).unwrap_err();
         assert_eq!(fields(&e), vec!["chunk[1].points[1].lat"]);
-        let mut ok = vec![TelemetryPoint { battery: Some(50.0), ..Default::default() }];
+        let mut ok = vec![TelemetryPoint {
+            battery: Some(50.0),
+            ..Default::default()
+        }];
         check_proto_points(&mut ok, "", "drone-01", &limits, &clock()).unwrap();
         assert_eq!(ok[0].vehicle_id, "drone-01");
         assert_eq!(ok[0].time_unix_us, NOW);
-        let mut m = vec![TelemetryPoint { metrics: [("x".to_string(), f64::INFINITY)].into(), ..Default::default() }];
-        assert_eq!(fields(&check_proto_points(&mut m, "", "drone-01", &limits, &clock()).unwrap_err()), vec!["points[0].x"]);
-        let mut other = vec![TelemetryPoint { vehicle_id: "drone-02".into(), ..Default::default() }];
+        let mut m = vec![TelemetryPoint {
+            metrics: [("x".to_string(), f64::INFINITY)].into(),
+            ..Default::default()
+        }];
+        assert_eq!(
+            fields(&check_proto_points(&mut m, "", "drone-01", &limits, &clock()).unwrap_err()),
+            vec!["points[0].x"]
+        );
+        let mut other = vec![TelemetryPoint {
+            vehicle_id: "drone-02".into(),
+            ..Default::default()
+        }];
         assert!(matches!(
             check_proto_points(&mut other, "", "drone-01", &limits, &clock()).unwrap_err(),
             IngestError::Forbidden(_)
@@ -706,7 +874,12 @@ mod tests {
     }
 
     fn det(body: &str) -> Result<DetectionBatch, IngestError> {
-        parse_detections(body.as_bytes(), "drone-01", &LimitsConfig::default(), &clock())
+        parse_detections(
+            body.as_bytes(),
+            "drone-01",
+            &LimitsConfig::default(),
+            &clock(),
+        )
     }
 
     #[test]
@@ -727,14 +900,38 @@ mod tests {
     #[test]
     fn detection_rules_name_the_field() {
         let cases = [
-            (r#"{"detections":[{"class":"p","conf":1.5,"bbox":[0,0,1,1]}]}"#, "detections[0].conf"),
-            (r#"{"detections":[{"class":"p","conf":-0.1,"bbox":[0,0,1,1]}]}"#, "detections[0].conf"),
-            (r#"{"detections":[{"class":"p","bbox":[0,0,1,1]}]}"#, "detections[0].conf"),
-            (r#"{"detections":[{"class":"p","conf":0.5,"bbox":[0,0,1.2,1]}]}"#, "detections[0].bbox"),
-            (r#"{"detections":[{"class":"p","conf":0.5,"bbox":[0.6,0,0.5,1]}]}"#, "detections[0].bbox"),
-            (r#"{"detections":[{"class":"p","conf":0.5,"bbox":[0,0,1]}]}"#, "detections[0].bbox"),
-            (r#"{"detections":[{"class":"p","conf":0.5}]}"#, "detections[0].bbox"),
-            (r#"{"detections":[{"class":"","conf":0.5,"bbox":[0,0,1,1]}]}"#, "detections[0].class"),
+            (
+                r#"{"detections":[{"class":"p","conf":1.5,"bbox":[0,0,1,1]}]}"#,
+                "detections[0].conf",
+            ),
+            (
+                r#"{"detections":[{"class":"p","conf":-0.1,"bbox":[0,0,1,1]}]}"#,
+                "detections[0].conf",
+            ),
+            (
+                r#"{"detections":[{"class":"p","bbox":[0,0,1,1]}]}"#,
+                "detections[0].conf",
+            ),
+            (
+                r#"{"detections":[{"class":"p","conf":0.5,"bbox":[0,0,1.2,1]}]}"#,
+                "detections[0].bbox",
+            ),
+            (
+                r#"{"detections":[{"class":"p","conf":0.5,"bbox":[0.6,0,0.5,1]}]}"#,
+                "detections[0].bbox",
+            ),
+            (
+                r#"{"detections":[{"class":"p","conf":0.5,"bbox":[0,0,1]}]}"#,
+                "detections[0].bbox",
+            ),
+            (
+                r#"{"detections":[{"class":"p","conf":0.5}]}"#,
+                "detections[0].bbox",
+            ),
+            (
+                r#"{"detections":[{"class":"","conf":0.5,"bbox":[0,0,1,1]}]}"#,
+                "detections[0].class",
+            ),
             (r#"{"detections":{}}"#, "detections"),
             (r#"{"frame_id":"x"}"#, "detections"),
             (r#"{"detections":[],"timestamp":"nope"}"#, "timestamp"),
@@ -744,7 +941,10 @@ mod tests {
             assert_eq!(e.code(), INVALID_DETECTIONS, "{body}");
             assert_eq!(fields(&e), vec![field.to_string()], "{body}");
         }
-        assert!(matches!(det(r#"{"drone_id":"x","detections":[]}"#).unwrap_err(), IngestError::Forbidden(_)));
+        assert!(matches!(
+            det(r#"{"drone_id":"x","detections":[]}"#).unwrap_err(),
+            IngestError::Forbidden(_)
+        ));
         assert_eq!(det("[]").unwrap_err().code(), "malformed_json");
     }
 
@@ -752,14 +952,27 @@ mod tests {
     fn proto_detections_share_the_rules() {
         let limits = LimitsConfig::default();
         let mut b = DetectionBatch {
-            detections: vec![Detection { class_name: "p".into(), confidence: 0.5, bbox: None, track_id: String::new() }],
+            detections: vec![Detection {
+                class_name: "p".into(),
+                confidence: 0.5,
+                bbox: None,
+                track_id: String::new(),
+            }],
             ..Default::default()
         };
         let e = check_proto_detections(&mut b, "drone-01", &limits, &clock()).unwrap_err();
         assert_eq!(fields(&e), vec!["detections[0].bbox"]);
-        b.detections[0].bbox = Some(BoundingBox { x_min: 0.1, y_min: 0.1, x_max: 0.2, y_max: 0.2 });
+        b.detections[0].bbox = Some(BoundingBox {
+            x_min: 0.1,
+            y_min: 0.1,
+            x_max: 0.2,
+            y_max: 0.2,
+        });
         check_proto_detections(&mut b, "drone-01", &limits, &clock()).unwrap();
-        assert_eq!((b.vehicle_id.as_str(), b.source.as_str(), b.time_unix_us), ("drone-01", "edge", NOW));
+        assert_eq!(
+            (b.vehicle_id.as_str(), b.source.as_str(), b.time_unix_us),
+            ("drone-01", "edge", NOW)
+        );
     }
 
     /// A real 3x2 JPEG from the image crate's encoder.
@@ -776,20 +989,45 @@ mod tests {
         let ok = tiny_jpeg();
         assert_eq!(jpeg_dimensions(&ok, 1 << 20).unwrap(), (3, 2));
         assert_eq!(jpeg_dimensions(&[], 10).unwrap_err().code(), INVALID_FRAME);
-        assert_eq!(jpeg_dimensions(b"\x89PNG\r\n\x1a\n", 100).unwrap_err().code(), INVALID_FRAME);
-        assert_eq!(jpeg_dimensions(&ok[..5], 100).unwrap_err().code(), INVALID_FRAME);
-        assert!(matches!(jpeg_dimensions(&ok, 4).unwrap_err(), IngestError::TooLarge(_)));
+        assert_eq!(
+            jpeg_dimensions(b"\x89PNG\r\n\x1a\n", 100)
+                .unwrap_err()
+                .code(),
+            INVALID_FRAME
+        );
+        assert_eq!(
+            jpeg_dimensions(&ok[..5], 100).unwrap_err().code(),
+            INVALID_FRAME
+        );
+        assert!(matches!(
+            jpeg_dimensions(&ok, 4).unwrap_err(),
+            IngestError::TooLarge(_)
+        ));
         let mut zero = ok.clone();
         let sof = zero.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         zero[sof + 5..sof + 7].copy_from_slice(&[0, 0]); // height 0
-        assert_eq!(jpeg_dimensions(&zero, 1 << 20).unwrap_err().code(), INVALID_FRAME);
+        assert_eq!(
+            jpeg_dimensions(&zero, 1 << 20).unwrap_err().code(),
+            INVALID_FRAME
+        );
     }
 
     #[test]
     fn frame_times() {
         assert_eq!(frame_time(None, &clock()).unwrap(), NOW);
-        assert_eq!(frame_time(Some("2025-09-24T09:10:15Z"), &clock()).unwrap(), NOW);
-        assert_eq!(frame_time(Some("bad"), &clock()).unwrap_err().code(), INVALID_FRAME);
-        assert_eq!(frame_time(Some("2030-01-01T00:00:00Z"), &clock()).unwrap_err().code(), INVALID_FRAME);
+        assert_eq!(
+            frame_time(Some("2025-09-24T09:10:15Z"), &clock()).unwrap(),
+            NOW
+        );
+        assert_eq!(
+            frame_time(Some("bad"), &clock()).unwrap_err().code(),
+            INVALID_FRAME
+        );
+        assert_eq!(
+            frame_time(Some("2030-01-01T00:00:00Z"), &clock())
+                .unwrap_err()
+                .code(),
+            INVALID_FRAME
+        );
     }
 }

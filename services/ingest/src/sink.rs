@@ -39,9 +39,21 @@ pub fn start_now<T: Send + 'static>(
 }
 
 impl Sink {
-    pub fn new(producer: Producer, topics: TopicNames, max_message_bytes: u32, retry_after_secs: u64) -> Self {
-        let record_budget = max_message_bytes.saturating_sub(RECORD_HEADROOM_BYTES).max(64 * 1024) as usize;
-        Self { producer, topics, record_budget, retry_after_secs }
+    pub fn new(
+        producer: Producer,
+        topics: TopicNames,
+        max_message_bytes: u32,
+        retry_after_secs: u64,
+    ) -> Self {
+        let record_budget = max_message_bytes
+            .saturating_sub(RECORD_HEADROOM_BYTES)
+            .max(64 * 1024) as usize;
+        Self {
+            producer,
+            topics,
+            record_budget,
+            retry_after_secs,
+        }
     }
 
     pub fn retry_after_secs(&self) -> u64 {
@@ -60,7 +72,10 @@ impl Sink {
         let producer = self.producer.clone();
         let traceparent = fleetwatch_common::telemetry::current_traceparent();
         start_now(Box::pin(async move {
-            let headers: Vec<(&str, &[u8])> = extra_headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let headers: Vec<(&str, &[u8])> = extra_headers
+                .iter()
+                .map(|(k, v)| (*k, v.as_slice()))
+                .collect();
             producer
                 .send(OutRecord {
                     topic: &topic,
@@ -76,7 +91,13 @@ impl Sink {
     }
 
     /// Splits points into batches whose encoded size stays within the record budget.
-    pub fn telemetry_batches(&self, vehicle: &str, points: Vec<TelemetryPoint>, source: &str, received_us: i64) -> Vec<TelemetryBatch> {
+    pub fn telemetry_batches(
+        &self,
+        vehicle: &str,
+        points: Vec<TelemetryPoint>,
+        source: &str,
+        received_us: i64,
+    ) -> Vec<TelemetryBatch> {
         let mut out = Vec::new();
         let mut current = Vec::new();
         let mut size = 0usize;
@@ -104,7 +125,10 @@ impl Sink {
     }
 
     /// Starts producing telemetry batches; the future resolves once all are acked.
-    pub fn start_telemetry(&self, batches: Vec<TelemetryBatch>) -> impl Future<Output = Result<usize, ProduceError>> + Send + use<> {
+    pub fn start_telemetry(
+        &self,
+        batches: Vec<TelemetryBatch>,
+    ) -> impl Future<Output = Result<usize, ProduceError>> + Send + use<> {
         let mut sends = Vec::with_capacity(batches.len());
         let mut n = 0;
         for b in batches {
@@ -132,8 +156,13 @@ impl Sink {
         received_us: i64,
     ) -> Result<usize, IngestError> {
         let batches = self.telemetry_batches(vehicle, points, source, received_us);
-        let n = self.start_telemetry(batches).await.map_err(|e| IngestError::from_produce(e, self.retry_after_secs))?;
-        metrics::POINTS_ACCEPTED.with_label_values(&[source]).inc_by(n as u64);
+        let n = self
+            .start_telemetry(batches)
+            .await
+            .map_err(|e| IngestError::from_produce(e, self.retry_after_secs))?;
+        metrics::POINTS_ACCEPTED
+            .with_label_values(&[source])
+            .inc_by(n as u64);
         Ok(n)
     }
 
@@ -147,9 +176,17 @@ impl Sink {
         )
     }
 
-    pub async fn send_detections(&self, batch: &DetectionBatch, source: &'static str) -> Result<(), IngestError> {
-        self.start_detections(batch).await.map_err(|e| IngestError::from_produce(e, self.retry_after_secs))?;
-        metrics::RECORDS_ACCEPTED.with_label_values(&["detections", source]).inc();
+    pub async fn send_detections(
+        &self,
+        batch: &DetectionBatch,
+        source: &'static str,
+    ) -> Result<(), IngestError> {
+        self.start_detections(batch)
+            .await
+            .map_err(|e| IngestError::from_produce(e, self.retry_after_secs))?;
+        metrics::RECORDS_ACCEPTED
+            .with_label_values(&["detections", source])
+            .inc();
         Ok(())
     }
 
@@ -163,7 +200,9 @@ impl Sink {
         )
         .await
         .map_err(|e| IngestError::from_produce(e, self.retry_after_secs))?;
-        metrics::RECORDS_ACCEPTED.with_label_values(&["frames", source]).inc();
+        metrics::RECORDS_ACCEPTED
+            .with_label_values(&["frames", source])
+            .inc();
         Ok(())
     }
 }

@@ -23,7 +23,9 @@ grpc_url = "127.0.0.1:50052"
 "#,
     )
     .unwrap();
-    let err = fleetwatch_common::load_config::<fleetwatch_ingest::Config>("ingest", Some(&path)).unwrap_err().to_string();
+    let err = fleetwatch_common::load_config::<fleetwatch_ingest::Config>("ingest", Some(&path))
+        .unwrap_err()
+        .to_string();
     for needle in [
         "kafka.bootstrap_servers",
         "limits.max_frame_bytes",
@@ -43,14 +45,23 @@ grpc_url = "127.0.0.1:50052"
         .unwrap();
     assert_eq!(out.status.code(), Some(fleetwatch_common::EXIT_CONFIG));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("limits.max_frame_bytes") && stderr.contains("persistence.grpc_url"), "{stderr}");
+    assert!(
+        stderr.contains("limits.max_frame_bytes") && stderr.contains("persistence.grpc_url"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unknown_keys_and_bad_types_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ingest.toml");
-    std::fs::write(&path, "[http]\nlisten = \"not an address\"\n[mqtt]\nhots = \"x\"\n").unwrap();
-    let err = fleetwatch_common::load_config::<fleetwatch_ingest::Config>("ingest", Some(&path)).unwrap_err().to_string();
+    std::fs::write(
+        &path,
+        "[http]\nlisten = \"not an address\"\n[mqtt]\nhots = \"x\"\n",
+    )
+    .unwrap();
+    let err = fleetwatch_common::load_config::<fleetwatch_ingest::Config>("ingest", Some(&path))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("hots") || err.contains("listen"), "{err}");
 }

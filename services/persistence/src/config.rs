@@ -57,7 +57,9 @@ pub struct GrpcConfig {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 50052)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50052)),
+        }
     }
 }
 
@@ -100,7 +102,14 @@ impl std::fmt::Debug for ObjectStoreConfig {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &if self.secret_access_key.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "secret_access_key",
+                &if self.secret_access_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .field("allow_http", &self.allow_http)
             .finish()
     }
@@ -119,7 +128,11 @@ pub struct RetentionConfig {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { telemetry_days: 30, partitions_ahead_days: 3, maintenance_interval_secs: 3600 }
+        Self {
+            telemetry_days: 30,
+            partitions_ahead_days: 3,
+            maintenance_interval_secs: 3600,
+        }
     }
 }
 
@@ -137,7 +150,11 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { group_prefix: "fleetwatch-persistence".into(), max_rows_per_statement: 10_000, object_store_concurrency: 8 }
+        Self {
+            group_prefix: "fleetwatch-persistence".into(),
+            max_rows_per_statement: 10_000,
+            object_store_concurrency: 8,
+        }
     }
 }
 
@@ -191,7 +208,11 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        assert!(Config::default().validate().is_empty(), "{:?}", Config::default().validate());
+        assert!(
+            Config::default().validate().is_empty(),
+            "{:?}",
+            Config::default().validate()
+        );
         assert_eq!(Config::default().admin.listen.port(), 9602);
         assert_eq!(Config::default().grpc.listen.port(), 50052);
     }
@@ -204,14 +225,22 @@ mod tests {
         c.object_store.url = "ftp://x".into();
         c.kafka.consumer.group_id = "g".into();
         let errs = c.validate().join("\n");
-        for field in ["retention.telemetry_days", "writer.group_prefix", "object_store.url", "kafka.consumer.group_id"] {
+        for field in [
+            "retention.telemetry_days",
+            "writer.group_prefix",
+            "object_store.url",
+            "kafka.consumer.group_id",
+        ] {
             assert!(errs.contains(field), "{field} missing in {errs}");
         }
     }
 
     #[test]
     fn debug_hides_secret() {
-        let c = ObjectStoreConfig { secret_access_key: "hunter2".into(), ..Default::default() };
+        let c = ObjectStoreConfig {
+            secret_access_key: "hunter2".into(),
+            ..Default::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleetwatch_common::admin::{self, Readiness};
 use fleetwatch_common::Shutdown;
+use fleetwatch_common::admin::{self, Readiness};
 use fleetwatch_kafka::{Consumer, Producer};
 use fleetwatch_proto::v1::persistence_query_server::PersistenceQueryServer;
 use tokio::task::JoinHandle;
@@ -37,14 +37,23 @@ pub struct Running {
 /// Connects, binds and spawns everything; returns once the service is up.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
     metrics::init();
-    let pool = fleetwatch_db::connect_checked(&config.database).await.context("cannot use the database")?;
-    let (store, store_shown) = objects::open(&config.object_store).context("cannot open the object store")?;
-    let dlq = Producer::new(&config.kafka, "fleetwatch-persistence-dlq").context("cannot create the DLQ producer")?;
+    let pool = fleetwatch_db::connect_checked(&config.database)
+        .await
+        .context("cannot use the database")?;
+    let (store, store_shown) =
+        objects::open(&config.object_store).context("cannot open the object store")?;
+    let dlq = Producer::new(&config.kafka, "fleetwatch-persistence-dlq")
+        .context("cannot create the DLQ producer")?;
     let consumer = |suffix: &str, topic: &str| -> anyhow::Result<Consumer> {
         let mut k = config.kafka.clone();
         k.consumer.group_id = format!("{}-{suffix}", config.writer.group_prefix);
-        Consumer::new(&k, &format!("fleetwatch-persistence-{suffix}"), &[topic], dlq.clone())
-            .with_context(|| format!("cannot consume {topic}"))
+        Consumer::new(
+            &k,
+            &format!("fleetwatch-persistence-{suffix}"),
+            &[topic],
+            dlq.clone(),
+        )
+        .with_context(|| format!("cannot consume {topic}"))
     };
     // One consumer per topic, so a backlog of large frames never delays telemetry.
     let telemetry_consumer = consumer("telemetry", &config.topics.telemetry)?;
@@ -52,7 +61,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let frames_consumer = consumer("frames", &config.topics.frames)?;
 
     let readiness = Readiness::default();
-    let (admin_addr, admin_task) = admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+    let (admin_addr, admin_task) =
+        admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
@@ -62,12 +72,20 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let max_rows = config.writer.max_rows_per_statement;
     let consumers = vec![
         tokio::spawn(telemetry_consumer.run(
-            Handler(TelemetryWriter { pool: pool.clone(), partitions: partitions.clone(), max_rows }),
+            Handler(TelemetryWriter {
+                pool: pool.clone(),
+                partitions: partitions.clone(),
+                max_rows,
+            }),
             shutdown.clone(),
         )),
-        tokio::spawn(
-            detections_consumer.run(Handler(DetectionsWriter { pool: pool.clone(), max_rows }), shutdown.clone()),
-        ),
+        tokio::spawn(detections_consumer.run(
+            Handler(DetectionsWriter {
+                pool: pool.clone(),
+                max_rows,
+            }),
+            shutdown.clone(),
+        )),
         tokio::spawn(frames_consumer.run(
             Handler(FramesWriter {
                 pool: pool.clone(),
@@ -83,8 +101,19 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         config.retention.clone(),
         shutdown.clone(),
     ));
-    let readiness_task = tokio::spawn(watch_readiness(pool.clone(), readiness.clone(), shutdown.clone()));
-    let grpc_task = tokio::spawn(serve_grpc(listener, query::QueryService { pool: pool.clone(), store }, shutdown.clone()));
+    let readiness_task = tokio::spawn(watch_readiness(
+        pool.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let grpc_task = tokio::spawn(serve_grpc(
+        listener,
+        query::QueryService {
+            pool: pool.clone(),
+            store,
+        },
+        shutdown.clone(),
+    ));
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, objects = %store_shown,
         telemetry = %config.topics.telemetry, detections = %config.topics.detections, frames = %config.topics.frames,
@@ -105,7 +134,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         pool.close().await;
         grpc
     });
-    Ok(Running { grpc_addr, admin_addr, readiness, handle })
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        readiness,
+        handle,
+    })
 }
 
 /// `start`, then wait until shutdown completes.
@@ -117,9 +151,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 /// Ready while the database answers (consumers are running by then).
 async fn watch_readiness(pool: sqlx::PgPool, readiness: Readiness, shutdown: Shutdown) {
     loop {
-        let ok = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         if ok != readiness.is_ready() {
             if ok {
                 tracing::info!("ready");
@@ -142,7 +179,9 @@ async fn serve_grpc(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (mut health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<PersistenceQueryServer<query::QueryService>>().await;
+    health
+        .set_serving::<PersistenceQueryServer<query::QueryService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fleetwatch_proto::v1::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -151,7 +190,10 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(PersistenceQueryServer::new(service))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
         .await
         .context("gRPC server failed")
 }

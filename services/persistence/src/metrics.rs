@@ -55,7 +55,9 @@ pub static WRITE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         "fleetwatch_persistence_write_seconds",
         "Time to write one consumer batch durably",
         &["kind"],
-        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+        vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0
+        ]
     )
     .unwrap()
 });
@@ -65,15 +67,20 @@ pub static INGEST_TO_STORED_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "fleetwatch_persistence_ingest_to_stored_seconds",
         "Time from ingest accepting a telemetry batch to its commit here",
-        vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+        ]
     )
     .unwrap()
 });
 
 #[allow(clippy::unwrap_used)]
 pub static OBJECT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("fleetwatch_persistence_object_bytes_total", "Frame bytes written to the object store")
-        .unwrap()
+    register_int_counter!(
+        "fleetwatch_persistence_object_bytes_total",
+        "Frame bytes written to the object store"
+    )
+    .unwrap()
 });
 
 #[allow(clippy::unwrap_used)]

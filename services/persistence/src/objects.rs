@@ -14,10 +14,15 @@ use crate::config::ObjectStoreConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
-    #[error("unsupported object store url {0:?}: use file:///dir, file://./dir or s3://bucket/prefix")]
+    #[error(
+        "unsupported object store url {0:?}: use file:///dir, file://./dir or s3://bucket/prefix"
+    )]
     BadUrl(String),
     #[error("cannot create the object directory {path}: {source}")]
-    CreateDir { path: String, source: std::io::Error },
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open the object store: {0}")]
     Open(#[from] object_store::Error),
 }
@@ -27,7 +32,10 @@ pub enum ObjectsError {
 pub enum ObjectLocation {
     /// An absolute directory.
     Local(PathBuf),
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 impl ObjectLocation {
@@ -40,7 +48,9 @@ impl ObjectLocation {
             let path = if path.is_absolute() {
                 path
             } else {
-                std::env::current_dir().map_err(|_| ObjectsError::BadUrl(url.into()))?.join(path)
+                std::env::current_dir()
+                    .map_err(|_| ObjectsError::BadUrl(url.into()))?
+                    .join(path)
             };
             return Ok(Self::Local(path));
         }
@@ -61,8 +71,10 @@ impl ObjectLocation {
 pub fn open(config: &ObjectStoreConfig) -> Result<(Arc<dyn ObjectStore>, String), ObjectsError> {
     match ObjectLocation::parse(&config.url)? {
         ObjectLocation::Local(dir) => {
-            std::fs::create_dir_all(&dir)
-                .map_err(|source| ObjectsError::CreateDir { path: dir.display().to_string(), source })?;
+            std::fs::create_dir_all(&dir).map_err(|source| ObjectsError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
             let store = LocalFileSystem::new_with_prefix(&dir)?;
             Ok((Arc::new(store), format!("file://{}", dir.display())))
         }
@@ -133,7 +145,11 @@ pub fn client_key(key: &str) -> Result<Path, String> {
     if key.is_empty() {
         return Err("must not be empty".into());
     }
-    if key.starts_with('/') || key.split('/').any(|s| s == ".." || s == "." || s.is_empty()) {
+    if key.starts_with('/')
+        || key
+            .split('/')
+            .any(|s| s == ".." || s == "." || s.is_empty())
+    {
         return Err("must be a relative key without empty, '.' or '..' segments".into());
     }
     Path::parse(key).map_err(|e| e.to_string())
@@ -146,15 +162,23 @@ mod tests {
 
     #[test]
     fn parses_locations() {
-        assert_eq!(ObjectLocation::parse("file:///data/o").unwrap(), ObjectLocation::Local("/data/o".into()));
+        assert_eq!(
+            ObjectLocation::parse("file:///data/o").unwrap(),
+            ObjectLocation::Local("/data/o".into())
+        );
         let rel = ObjectLocation::parse("file://./.fleetwatch/objects").unwrap();
         match rel {
-            ObjectLocation::Local(p) => assert!(p.is_absolute() && p.ends_with(".fleetwatch/objects")),
+            ObjectLocation::Local(p) => {
+                assert!(p.is_absolute() && p.ends_with(".fleetwatch/objects"))
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(
             ObjectLocation::parse("s3://frames/fleet/prod").unwrap(),
-            ObjectLocation::S3 { bucket: "frames".into(), prefix: "fleet/prod".into() }
+            ObjectLocation::S3 {
+                bucket: "frames".into(),
+                prefix: "fleet/prod".into()
+            }
         );
         assert!(ObjectLocation::parse("s3://").is_err());
         assert!(ObjectLocation::parse("file://").is_err());
@@ -165,8 +189,14 @@ mod tests {
     fn frame_keys_are_deterministic() {
         // 2026-03-04T05:06:07.000008Z
         let us = 1_772_600_767_000_008;
-        assert_eq!(frame_key("drone-1", us, "image/jpeg").unwrap(), format!("drone-1/2026/03/04/frame_{us}.jpg"));
-        assert_eq!(frame_key("drone-1", us, "image/png").unwrap(), format!("drone-1/2026/03/04/frame_{us}.png"));
+        assert_eq!(
+            frame_key("drone-1", us, "image/jpeg").unwrap(),
+            format!("drone-1/2026/03/04/frame_{us}.jpg")
+        );
+        assert_eq!(
+            frame_key("drone-1", us, "image/png").unwrap(),
+            format!("drone-1/2026/03/04/frame_{us}.png")
+        );
         assert_eq!(content_type_for("a/b/frame_1.jpg"), "image/jpeg");
         assert_eq!(content_type_for("a/b/clip_1.mp4"), "video/mp4");
         assert!(frame_key("x", i64::MAX, "").is_none());
@@ -175,7 +205,15 @@ mod tests {
     #[test]
     fn client_keys_refuse_traversal() {
         assert!(client_key("drone-1/2026/03/04/frame_1.jpg").is_ok());
-        for bad in ["", "../etc/passwd", "a/../../b", "/abs", "a//b", "./a", "a/\u{1}"] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/../../b",
+            "/abs",
+            "a//b",
+            "./a",
+            "a/\u{1}",
+        ] {
             assert!(client_key(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use fleetwatch_proto::v1::persistence_query_server::PersistenceQuery;
 use fleetwatch_proto::v1::{
-    BoundingBox, Detection, DetectionsRequest, DetectionsResponse, FieldStats, FramesRequest, FramesResponse,
-    GetLatestRequest, GetLatestResponse, GetObjectRequest, GetObjectResponse, StoredDetection, StoredFrame,
-    TelemetryBucket, TelemetryBucketsRequest, TelemetryBucketsResponse, TelemetryPoint, TelemetryRangeRequest,
-    TelemetryRangeResponse, VehicleState,
+    BoundingBox, Detection, DetectionsRequest, DetectionsResponse, FieldStats, FramesRequest,
+    FramesResponse, GetLatestRequest, GetLatestResponse, GetObjectRequest, GetObjectResponse,
+    StoredDetection, StoredFrame, TelemetryBucket, TelemetryBucketsRequest,
+    TelemetryBucketsResponse, TelemetryPoint, TelemetryRangeRequest, TelemetryRangeResponse,
+    VehicleState,
 };
 use object_store::ObjectStore;
 use sqlx::PgPool;
@@ -40,7 +41,10 @@ pub enum QueryError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> QueryError {
-    QueryError::InvalidArgument { field, reason: reason.into() }
+    QueryError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
 }
 
 impl From<sqlx::Error> for QueryError {
@@ -96,12 +100,15 @@ fn finish<T>(method: &str, r: Result<T, QueryError>) -> Result<Response<T>, Stat
             _ => "internal",
         },
     };
-    metrics::GRPC_REQUESTS.with_label_values(&[method, code]).inc();
+    metrics::GRPC_REQUESTS
+        .with_label_values(&[method, code])
+        .inc();
     r
 }
 
 fn time(field: &'static str, us: i64) -> Result<DateTime<Utc>, QueryError> {
-    DateTime::from_timestamp_micros(us).ok_or_else(|| invalid(field, format!("{us} is out of range")))
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| invalid(field, format!("{us} is out of range")))
 }
 
 fn us(t: DateTime<Utc>) -> i64 {
@@ -109,25 +116,39 @@ fn us(t: DateTime<Utc>) -> i64 {
 }
 
 /// Checks vehicle id and `[from, to)`.
-fn range(vehicle_id: &str, from: i64, to: i64) -> Result<(DateTime<Utc>, DateTime<Utc>), QueryError> {
+fn range(
+    vehicle_id: &str,
+    from: i64,
+    to: i64,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), QueryError> {
     if vehicle_id.is_empty() {
         return Err(invalid("vehicle_id", "must not be empty"));
     }
     let f = time("from_unix_us", from)?;
     let t = time("to_unix_us", to)?;
     if from >= to {
-        return Err(invalid("to_unix_us", format!("must be greater than from_unix_us ({from} >= {to})")));
+        return Err(invalid(
+            "to_unix_us",
+            format!("must be greater than from_unix_us ({from} >= {to})"),
+        ));
     }
     Ok((f, t))
 }
 
 fn limit(requested: u32, default: u32, max: u32) -> u32 {
-    if requested == 0 { default } else { requested.min(max) }
+    if requested == 0 {
+        default
+    } else {
+        requested.min(max)
+    }
 }
 
 fn metrics_map(v: Option<serde_json::Value>) -> HashMap<String, f64> {
     match v {
-        Some(serde_json::Value::Object(m)) => m.into_iter().filter_map(|(k, v)| v.as_f64().map(|f| (k, f))).collect(),
+        Some(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_f64().map(|f| (k, f)))
+            .collect(),
         _ => HashMap::new(),
     }
 }
@@ -257,7 +278,10 @@ impl QueryService {
         })
     }
 
-    async fn query_telemetry(&self, req: TelemetryRangeRequest) -> Result<TelemetryRangeResponse, QueryError> {
+    async fn query_telemetry(
+        &self,
+        req: TelemetryRangeRequest,
+    ) -> Result<TelemetryRangeResponse, QueryError> {
         let (from, to) = range(&req.vehicle_id, req.from_unix_us, req.to_unix_us)?;
         let limit = limit(req.limit, DEFAULT_TELEMETRY_LIMIT, MAX_TELEMETRY_LIMIT) as usize;
         let mut rows: Vec<PointRow> = sqlx::query_as(
@@ -273,10 +297,16 @@ impl QueryService {
         .await?;
         let truncated = rows.len() > limit;
         rows.truncate(limit);
-        Ok(TelemetryRangeResponse { points: rows.into_iter().map(Into::into).collect(), truncated })
+        Ok(TelemetryRangeResponse {
+            points: rows.into_iter().map(Into::into).collect(),
+            truncated,
+        })
     }
 
-    async fn query_buckets(&self, req: TelemetryBucketsRequest) -> Result<TelemetryBucketsResponse, QueryError> {
+    async fn query_buckets(
+        &self,
+        req: TelemetryBucketsRequest,
+    ) -> Result<TelemetryBucketsResponse, QueryError> {
         let (from, to) = range(&req.vehicle_id, req.from_unix_us, req.to_unix_us)?;
         if req.bucket_seconds == 0 {
             return Err(invalid("bucket_seconds", "must be at least 1"));
@@ -287,7 +317,9 @@ impl QueryService {
         if buckets > MAX_BUCKETS {
             return Err(invalid(
                 "bucket_seconds",
-                format!("the range would need {buckets} buckets, more than {MAX_BUCKETS}; use larger buckets"),
+                format!(
+                    "the range would need {buckets} buckets, more than {MAX_BUCKETS}; use larger buckets"
+                ),
             ));
         }
         let fields: Vec<String> = if req.fields.is_empty() {
@@ -297,9 +329,15 @@ impl QueryService {
             unique.into_iter().cloned().collect()
         };
         if fields.len() > MAX_FIELDS {
-            return Err(invalid("fields", format!("at most {MAX_FIELDS} fields per query")));
+            return Err(invalid(
+                "fields",
+                format!("at most {MAX_FIELDS} fields per query"),
+            ));
         }
-        let custom: Vec<&String> = fields.iter().filter(|f| !STANDARD_FIELDS.contains(&f.as_str())).collect();
+        let custom: Vec<&String> = fields
+            .iter()
+            .filter(|f| !STANDARD_FIELDS.contains(&f.as_str()))
+            .collect();
         if !custom.is_empty() {
             // The latest-state row accumulates every metric name the vehicle
             // ever reported, which makes it the catalogue of known fields.
@@ -346,10 +384,15 @@ impl QueryService {
                 },
             );
         }
-        Ok(TelemetryBucketsResponse { buckets: out.into_values().collect() })
+        Ok(TelemetryBucketsResponse {
+            buckets: out.into_values().collect(),
+        })
     }
 
-    async fn query_detections(&self, req: DetectionsRequest) -> Result<DetectionsResponse, QueryError> {
+    async fn query_detections(
+        &self,
+        req: DetectionsRequest,
+    ) -> Result<DetectionsResponse, QueryError> {
         let (from, to) = range(&req.vehicle_id, req.from_unix_us, req.to_unix_us)?;
         if !req.min_confidence.is_finite() || !(0.0..=1.0).contains(&req.min_confidence) {
             return Err(invalid("min_confidence", "must be between 0 and 1"));
@@ -375,9 +418,12 @@ impl QueryService {
             .into_iter()
             .map(|r| {
                 let bbox = match (r.x_min, r.y_min, r.x_max, r.y_max) {
-                    (Some(a), Some(b), Some(c), Some(d)) => {
-                        Some(BoundingBox { x_min: a as f32, y_min: b as f32, x_max: c as f32, y_max: d as f32 })
-                    }
+                    (Some(a), Some(b), Some(c), Some(d)) => Some(BoundingBox {
+                        x_min: a as f32,
+                        y_min: b as f32,
+                        x_max: c as f32,
+                        y_max: d as f32,
+                    }),
                     _ => None,
                 };
                 StoredDetection {
@@ -435,18 +481,30 @@ impl QueryService {
         let got = match self.store.get(&path).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(QueryError::NotFound(format!("no object with key {:?}", req.key)));
+                return Err(QueryError::NotFound(format!(
+                    "no object with key {:?}",
+                    req.key
+                )));
             }
             Err(e) => return Err(QueryError::Unavailable(e.to_string())),
         };
-        let data = got.bytes().await.map_err(|e| QueryError::Unavailable(e.to_string()))?;
-        Ok(GetObjectResponse { data: data.to_vec(), content_type: objects::content_type_for(&req.key).into() })
+        let data = got
+            .bytes()
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        Ok(GetObjectResponse {
+            data: data.to_vec(),
+            content_type: objects::content_type_for(&req.key).into(),
+        })
     }
 }
 
 #[tonic::async_trait]
 impl PersistenceQuery for QueryService {
-    async fn get_latest(&self, r: Request<GetLatestRequest>) -> Result<Response<GetLatestResponse>, Status> {
+    async fn get_latest(
+        &self,
+        r: Request<GetLatestRequest>,
+    ) -> Result<Response<GetLatestResponse>, Status> {
         finish("GetLatest", self.get_latest(r.into_inner()).await)
     }
 
@@ -461,18 +519,33 @@ impl PersistenceQuery for QueryService {
         &self,
         r: Request<TelemetryBucketsRequest>,
     ) -> Result<Response<TelemetryBucketsResponse>, Status> {
-        finish("QueryTelemetryBuckets", self.query_buckets(r.into_inner()).await)
+        finish(
+            "QueryTelemetryBuckets",
+            self.query_buckets(r.into_inner()).await,
+        )
     }
 
-    async fn query_detections(&self, r: Request<DetectionsRequest>) -> Result<Response<DetectionsResponse>, Status> {
-        finish("QueryDetections", self.query_detections(r.into_inner()).await)
+    async fn query_detections(
+        &self,
+        r: Request<DetectionsRequest>,
+    ) -> Result<Response<DetectionsResponse>, Status> {
+        finish(
+            "QueryDetections",
+            self.query_detections(r.into_inner()).await,
+        )
     }
 
-    async fn query_frames(&self, r: Request<FramesRequest>) -> Result<Response<FramesResponse>, Status> {
+    async fn query_frames(
+        &self,
+        r: Request<FramesRequest>,
+    ) -> Result<Response<FramesResponse>, Status> {
         finish("QueryFrames", self.query_frames(r.into_inner()).await)
     }
 
-    async fn get_object(&self, r: Request<GetObjectRequest>) -> Result<Response<GetObjectResponse>, Status> {
+    async fn get_object(
+        &self,
+        r: Request<GetObjectRequest>,
+    ) -> Result<Response<GetObjectResponse>, Status> {
         finish("GetObject", self.get_object(r.into_inner()).await)
     }
 }
@@ -484,8 +557,20 @@ mod tests {
 
     #[test]
     fn ranges_and_limits() {
-        assert!(matches!(range("", 0, 1), Err(QueryError::InvalidArgument { field: "vehicle_id", .. })));
-        assert!(matches!(range("d", 5, 5), Err(QueryError::InvalidArgument { field: "to_unix_us", .. })));
+        assert!(matches!(
+            range("", 0, 1),
+            Err(QueryError::InvalidArgument {
+                field: "vehicle_id",
+                ..
+            })
+        ));
+        assert!(matches!(
+            range("d", 5, 5),
+            Err(QueryError::InvalidArgument {
+                field: "to_unix_us",
+                ..
+            })
+        ));
         assert!(range("d", 0, 1).is_ok());
         assert_eq!(limit(0, 10, 100), 10);
         assert_eq!(limit(1_000, 10, 100), 100);
@@ -494,9 +579,22 @@ mod tests {
 
     #[test]
     fn status_mapping() {
-        assert_eq!(Status::from(invalid("x", "bad")).code(), tonic::Code::InvalidArgument);
-        assert_eq!(Status::from(QueryError::from(sqlx::Error::PoolTimedOut)).code(), tonic::Code::Unavailable);
-        assert_eq!(Status::from(QueryError::NotFound("k".into())).code(), tonic::Code::NotFound);
-        assert!(Status::from(invalid("bucket_seconds", "must be at least 1")).message().starts_with("bucket_seconds:"));
+        assert_eq!(
+            Status::from(invalid("x", "bad")).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            Status::from(QueryError::from(sqlx::Error::PoolTimedOut)).code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            Status::from(QueryError::NotFound("k".into())).code(),
+            tonic::Code::NotFound
+        );
+        assert!(
+            Status::from(invalid("bucket_seconds", "must be at least 1"))
+                .message()
+                .starts_with("bucket_seconds:")
+        );
     }
 }

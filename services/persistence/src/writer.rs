@@ -42,9 +42,9 @@ impl WriteError {
     /// succeed, unlike a connection or server problem.
     pub fn is_data_error(&self) -> bool {
         match self {
-            Self::Db(sqlx::Error::Database(e)) => {
-                e.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
-            }
+            Self::Db(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
             _ => false,
         }
     }
@@ -69,10 +69,16 @@ pub struct Invalid {
 
 impl Invalid {
     fn undecodable(reason: String) -> Self {
-        Self { label: "undecodable", reason }
+        Self {
+            label: "undecodable",
+            reason,
+        }
     }
     fn new(reason: impl Into<String>) -> Self {
-        Self { label: "invalid", reason: reason.into() }
+        Self {
+            label: "invalid",
+            reason: reason.into(),
+        }
     }
 }
 
@@ -99,7 +105,13 @@ impl<W: Writer> BatchHandler for Handler<W> {
         for (index, record) in batch.iter().enumerate() {
             match self.0.parse(record) {
                 Ok(item) => items.push((index, item)),
-                Err(inv) => rejected.push((Rejection { index, reason: inv.reason }, inv.label)),
+                Err(inv) => rejected.push((
+                    Rejection {
+                        index,
+                        reason: inv.reason,
+                    },
+                    inv.label,
+                )),
             }
         }
         if !items.is_empty() {
@@ -113,7 +125,10 @@ impl<W: Writer> BatchHandler for Handler<W> {
                         match self.0.write(&[item]).await {
                             Ok(()) => {}
                             Err(e) if e.is_data_error() => rejected.push((
-                                Rejection { index: *index, reason: format!("refused by the database: {e}") },
+                                Rejection {
+                                    index: *index,
+                                    reason: format!("refused by the database: {e}"),
+                                },
                                 "database",
                             )),
                             Err(e) => return Err(transient(kind, e)),
@@ -128,7 +143,9 @@ impl<W: Writer> BatchHandler for Handler<W> {
         for (_, label) in &rejected {
             metrics::REJECTED.with_label_values(&[kind, label]).inc();
         }
-        metrics::WRITE_SECONDS.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+        metrics::WRITE_SECONDS
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
         Ok(rejected.into_iter().map(|(r, _)| r).collect())
     }
 }
@@ -143,7 +160,9 @@ fn check_vehicle(record: &Record, vehicle_id: &str) -> Result<(), Invalid> {
         return Err(Invalid::new("vehicle_id is empty"));
     }
     if !fleetwatch_db::valid_vehicle_id(vehicle_id) {
-        return Err(Invalid::new(format!("vehicle_id {vehicle_id:?} is not a valid vehicle id")));
+        return Err(Invalid::new(format!(
+            "vehicle_id {vehicle_id:?} is not a valid vehicle id"
+        )));
     }
     if record.key_str() != Some(vehicle_id) {
         return Err(Invalid::new(format!(
@@ -158,18 +177,25 @@ fn check_time(what: &str, us: i64) -> Result<DateTime<Utc>, Invalid> {
     if !(0..=MAX_TIME_UNIX_US).contains(&us) {
         return Err(Invalid::new(format!("{what} {us} is outside 1970..9999")));
     }
-    DateTime::from_timestamp_micros(us).ok_or_else(|| Invalid::new(format!("{what} {us} is out of range")))
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| Invalid::new(format!("{what} {us} is out of range")))
 }
 
 fn check_finite(what: &str, v: Option<f64>) -> Result<Option<f64>, Invalid> {
     match v {
-        Some(x) if !x.is_finite() => Err(Invalid::new(format!("{what} is not a finite number ({x})"))),
+        Some(x) if !x.is_finite() => {
+            Err(Invalid::new(format!("{what} is not a finite number ({x})")))
+        }
         other => Ok(other),
     }
 }
 
 fn received_at(us: i64) -> Option<DateTime<Utc>> {
-    if us > 0 { DateTime::from_timestamp_micros(us) } else { None }
+    if us > 0 {
+        DateTime::from_timestamp_micros(us)
+    } else {
+        None
+    }
 }
 
 // ------------------------------------------------------------- partitions
@@ -182,15 +208,25 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    pub async fn ensure(&self, pool: &PgPool, days: impl IntoIterator<Item = NaiveDate>) -> Result<(), sqlx::Error> {
+    pub async fn ensure(
+        &self,
+        pool: &PgPool,
+        days: impl IntoIterator<Item = NaiveDate>,
+    ) -> Result<(), sqlx::Error> {
         let missing: BTreeSet<NaiveDate> = {
             let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             days.into_iter().filter(|d| !known.contains(d)).collect()
         };
         for day in missing {
-            sqlx::query("SELECT fleetwatch_ensure_telemetry_partition($1)").bind(day).execute(pool).await?;
+            sqlx::query("SELECT fleetwatch_ensure_telemetry_partition($1)")
+                .bind(day)
+                .execute(pool)
+                .await?;
             metrics::PARTITIONS.with_label_values(&["ensured"]).inc();
-            self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(day);
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(day);
         }
         Ok(())
     }
@@ -255,11 +291,17 @@ pub fn validate_telemetry(record: &Record, b: TelemetryBatch) -> Result<Telemetr
             metrics,
         });
     }
-    Ok(TelemetryItem { vehicle_id: b.vehicle_id, received_at: received_at(b.received_unix_us), points })
+    Ok(TelemetryItem {
+        vehicle_id: b.vehicle_id,
+        received_at: received_at(b.received_unix_us),
+        points,
+    })
 }
 
 /// Per vehicle: the newest time, and for each field its newest non-null value.
-pub fn merge_latest<'a>(items: impl IntoIterator<Item = (&'a str, &'a Point)>) -> BTreeMap<&'a str, Point> {
+pub fn merge_latest<'a>(
+    items: impl IntoIterator<Item = (&'a str, &'a Point)>,
+) -> BTreeMap<&'a str, Point> {
     let mut by_vehicle: BTreeMap<&str, Vec<&Point>> = BTreeMap::new();
     for (v, p) in items {
         by_vehicle.entry(v).or_default().push(p);
@@ -276,7 +318,8 @@ pub fn merge_latest<'a>(items: impl IntoIterator<Item = (&'a str, &'a Point)>) -
             acc.speed = p.speed.or(acc.speed);
             acc.heading = p.heading.or(acc.heading);
             acc.battery = p.battery.or(acc.battery);
-            acc.metrics.extend(p.metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            acc.metrics
+                .extend(p.metrics.iter().map(|(k, v)| (k.clone(), *v)));
         }
         out.insert(v, acc);
     }
@@ -284,7 +327,11 @@ pub fn merge_latest<'a>(items: impl IntoIterator<Item = (&'a str, &'a Point)>) -
 }
 
 fn metrics_json(m: &BTreeMap<String, f64>) -> Option<String> {
-    if m.is_empty() { None } else { serde_json::to_string(m).ok() }
+    if m.is_empty() {
+        None
+    } else {
+        serde_json::to_string(m).ok()
+    }
 }
 
 #[derive(Default)]
@@ -320,7 +367,10 @@ impl Columns {
     fn bind_shared<'q>(
         self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> (sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, Vec<Option<DateTime<Utc>>>) {
+    ) -> (
+        sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        Vec<Option<DateTime<Utc>>>,
+    ) {
         let q = query
             .bind(self.vehicle)
             .bind(self.time)
@@ -377,7 +427,11 @@ impl Writer for TelemetryWriter {
         // Sorted so concurrent replicas lock rows in the same order.
         let mut rows: Vec<(&str, &Point, Option<DateTime<Utc>>)> = items
             .iter()
-            .flat_map(|it| it.points.iter().map(move |p| (it.vehicle_id.as_str(), p, it.received_at)))
+            .flat_map(|it| {
+                it.points
+                    .iter()
+                    .map(move |p| (it.vehicle_id.as_str(), p, it.received_at))
+            })
             .collect();
         if rows.is_empty() {
             return Ok(());
@@ -426,13 +480,20 @@ impl Writer for TelemetryWriter {
                 return Err(e);
             }
         };
-        metrics::ROWS_WRITTEN.with_label_values(&["telemetry"]).inc_by(inserted);
-        metrics::ROWS_DUPLICATE.with_label_values(&["telemetry"]).inc_by(rows.len() as u64 - inserted);
-        metrics::ROWS_WRITTEN.with_label_values(&["vehicle_latest"]).inc_by(updated);
+        metrics::ROWS_WRITTEN
+            .with_label_values(&["telemetry"])
+            .inc_by(inserted);
+        metrics::ROWS_DUPLICATE
+            .with_label_values(&["telemetry"])
+            .inc_by(rows.len() as u64 - inserted);
+        metrics::ROWS_WRITTEN
+            .with_label_values(&["vehicle_latest"])
+            .inc_by(updated);
         let now = Utc::now();
         for it in items {
             if let Some(r) = it.received_at {
-                metrics::INGEST_TO_STORED_SECONDS.observe((now - r).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                metrics::INGEST_TO_STORED_SECONDS
+                    .observe((now - r).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
             }
         }
         Ok(())
@@ -459,9 +520,17 @@ pub fn validate_detections(record: &Record, b: DetectionBatch) -> Result<Detecti
         if d.class_name.is_empty() {
             return Err(Invalid::new(format!("detections[{i}].class_name is empty")));
         }
-        check_finite(&format!("detections[{i}].confidence"), Some(f64::from(d.confidence)))?;
+        check_finite(
+            &format!("detections[{i}].confidence"),
+            Some(f64::from(d.confidence)),
+        )?;
         if let Some(bb) = &d.bbox {
-            for (n, v) in [("x_min", bb.x_min), ("y_min", bb.y_min), ("x_max", bb.x_max), ("y_max", bb.y_max)] {
+            for (n, v) in [
+                ("x_min", bb.x_min),
+                ("y_min", bb.y_min),
+                ("x_max", bb.x_max),
+                ("y_max", bb.y_max),
+            ] {
                 check_finite(&format!("detections[{i}].bbox.{n}"), Some(f64::from(v)))?;
             }
         }
@@ -497,7 +566,11 @@ struct DetectionColumns {
 }
 
 fn non_empty(s: &str) -> Option<String> {
-    if s.is_empty() { None } else { Some(s.to_string()) }
+    if s.is_empty() {
+        None
+    } else {
+        Some(s.to_string())
+    }
 }
 
 impl Writer for DetectionsWriter {
@@ -510,8 +583,10 @@ impl Writer for DetectionsWriter {
     }
 
     async fn write(&self, items: &[&DetectionsItem]) -> Result<(), WriteError> {
-        let rows: Vec<(&DetectionsItem, usize)> =
-            items.iter().flat_map(|it| (0..it.batch.detections.len()).map(move |i| (*it, i))).collect();
+        let rows: Vec<(&DetectionsItem, usize)> = items
+            .iter()
+            .flat_map(|it| (0..it.batch.detections.len()).map(move |i| (*it, i)))
+            .collect();
         if rows.is_empty() {
             return Ok(());
         }
@@ -560,8 +635,12 @@ impl Writer for DetectionsWriter {
                 .rows_affected();
         }
         tx.commit().await?;
-        metrics::ROWS_WRITTEN.with_label_values(&["detections"]).inc_by(inserted);
-        metrics::ROWS_DUPLICATE.with_label_values(&["detections"]).inc_by(rows.len() as u64 - inserted);
+        metrics::ROWS_WRITTEN
+            .with_label_values(&["detections"])
+            .inc_by(inserted);
+        metrics::ROWS_DUPLICATE
+            .with_label_values(&["detections"])
+            .inc_by(rows.len() as u64 - inserted);
         Ok(())
     }
 }
@@ -594,7 +673,12 @@ pub fn validate_frame(record: &Record, mut f: Frame) -> Result<FrameItem, Invali
     let key = objects::frame_key(&f.vehicle_id, f.time_unix_us, &f.content_type)
         .ok_or_else(|| Invalid::new("time_unix_us cannot be turned into a date"))?;
     let data = Bytes::from(std::mem::take(&mut f.data));
-    Ok(FrameItem { time, key, data, frame: f })
+    Ok(FrameItem {
+        time,
+        key,
+        data,
+        frame: f,
+    })
 }
 
 const INSERT_FRAMES: &str = "\
@@ -630,9 +714,9 @@ impl Writer for FramesWriter {
             })
             .collect();
         futures::stream::iter(uploads)
-        .buffer_unordered(self.concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
+            .buffer_unordered(self.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
 
         let mut vehicle = Vec::new();
         let mut time = Vec::new();
@@ -665,8 +749,12 @@ impl Writer for FramesWriter {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        metrics::ROWS_WRITTEN.with_label_values(&["frames"]).inc_by(inserted);
-        metrics::ROWS_DUPLICATE.with_label_values(&["frames"]).inc_by(items.len() as u64 - inserted);
+        metrics::ROWS_WRITTEN
+            .with_label_values(&["frames"])
+            .inc_by(inserted);
+        metrics::ROWS_DUPLICATE
+            .with_label_values(&["frames"])
+            .inc_by(items.len() as u64 - inserted);
         Ok(())
     }
 }
@@ -690,11 +778,19 @@ mod tests {
     }
 
     fn point(t: i64) -> TelemetryPoint {
-        TelemetryPoint { time_unix_us: t, lat: Some(1.0), ..Default::default() }
+        TelemetryPoint {
+            time_unix_us: t,
+            lat: Some(1.0),
+            ..Default::default()
+        }
     }
 
     fn batch(v: &str, points: Vec<TelemetryPoint>) -> TelemetryBatch {
-        TelemetryBatch { vehicle_id: v.into(), points, ..Default::default() }
+        TelemetryBatch {
+            vehicle_id: v.into(),
+            points,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -702,18 +798,34 @@ mod tests {
         assert!(validate_telemetry(&record("d1"), batch("d1", vec![point(1)])).is_ok());
         let reason = |r: Result<TelemetryItem, Invalid>| r.unwrap_err().reason;
         assert!(reason(validate_telemetry(&record("d1"), batch("", vec![]))).contains("empty"));
-        assert!(reason(validate_telemetry(&record("d2"), batch("d1", vec![]))).contains("record key"));
-        assert!(reason(validate_telemetry(&record("a/b"), batch("a/b", vec![]))).contains("not a valid"));
+        assert!(
+            reason(validate_telemetry(&record("d2"), batch("d1", vec![]))).contains("record key")
+        );
+        assert!(
+            reason(validate_telemetry(&record("a/b"), batch("a/b", vec![])))
+                .contains("not a valid")
+        );
         let mut p = point(1);
         p.speed = Some(f64::NAN);
-        assert!(reason(validate_telemetry(&record("d1"), batch("d1", vec![p]))).contains("points[0].speed"));
+        assert!(
+            reason(validate_telemetry(&record("d1"), batch("d1", vec![p])))
+                .contains("points[0].speed")
+        );
         let mut p = point(1);
         p.metrics.insert("rssi".into(), f64::INFINITY);
         assert!(reason(validate_telemetry(&record("d1"), batch("d1", vec![p]))).contains("rssi"));
         let mut p = point(1);
         p.vehicle_id = "other".into();
-        assert!(reason(validate_telemetry(&record("d1"), batch("d1", vec![p]))).contains("differs"));
-        assert!(reason(validate_telemetry(&record("d1"), batch("d1", vec![point(-1)]))).contains("outside"));
+        assert!(
+            reason(validate_telemetry(&record("d1"), batch("d1", vec![p]))).contains("differs")
+        );
+        assert!(
+            reason(validate_telemetry(
+                &record("d1"),
+                batch("d1", vec![point(-1)])
+            ))
+            .contains("outside")
+        );
     }
 
     #[test]
@@ -743,12 +855,22 @@ mod tests {
 
     #[test]
     fn frame_validation() {
-        let f = Frame { vehicle_id: "d1".into(), time_unix_us: 1_000_000, data: vec![1, 2], ..Default::default() };
+        let f = Frame {
+            vehicle_id: "d1".into(),
+            time_unix_us: 1_000_000,
+            data: vec![1, 2],
+            ..Default::default()
+        };
         let it = validate_frame(&record("d1"), f.clone()).unwrap();
         assert_eq!(it.key, "d1/1970/01/01/frame_1000000.jpg");
         assert_eq!(it.frame.content_type, "image/jpeg");
         let empty = Frame { data: vec![], ..f };
-        assert!(validate_frame(&record("d1"), empty).unwrap_err().reason.contains("empty"));
+        assert!(
+            validate_frame(&record("d1"), empty)
+                .unwrap_err()
+                .reason
+                .contains("empty")
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use fleetwatch_kafka::{OutRecord, Producer};
 use fleetwatch_proto::message_types;
-use fleetwatch_testkit::{ServiceProcess, TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix};
+use fleetwatch_testkit::{
+    ServiceProcess, TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix,
+};
 use prost::Message;
 
 const VEHICLES: i64 = 10;
@@ -17,7 +19,10 @@ const PER_VEHICLE: i64 = 2_000;
 const PER_RECORD: i64 = 20;
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (format!("FLEETWATCH_PERSISTENCE__{k}"), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (format!("FLEETWATCH_PERSISTENCE__{k}"), v.clone()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +43,10 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
                 p.speed = Some(i as f64);
                 p
             });
-            payloads.push((format!("crash-{v}"), batch(&format!("crash-{v}"), points.collect()).encode_to_vec()));
+            payloads.push((
+                format!("crash-{v}"),
+                batch(&format!("crash-{v}"), points.collect()).encode_to_vec(),
+            ));
         }
     }
     let sends = payloads.iter().map(|(key, payload)| {
@@ -68,13 +76,21 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         ("TOPICS__TELEMETRY", topics.telemetry.clone()),
         ("TOPICS__DETECTIONS", topics.detections.clone()),
         ("TOPICS__FRAMES", topics.frames.clone()),
-        ("OBJECT_STORE__URL", format!("file://{}", objects.path().display())),
+        (
+            "OBJECT_STORE__URL",
+            format!("file://{}", objects.path().display()),
+        ),
         ("GRPC__LISTEN", "127.0.0.1:0".into()),
         ("ADMIN__LISTEN", "127.0.0.1:0".into()),
         ("WRITER__GROUP_PREFIX", format!("crash-{}", unique_suffix())),
         ("LOG__LEVEL", "warn".into()),
     ]);
-    let count = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM telemetry").fetch_one(&db.pool).await.unwrap() };
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM telemetry")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
 
     let mut first = ServiceProcess::spawn("fleetwatch-persistence", &vars);
     let deadline = Instant::now() + WAIT;
@@ -84,23 +100,35 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
             first.kill9();
             break n;
         }
-        assert!(Instant::now() < deadline, "nothing was stored by the first process");
+        assert!(
+            Instant::now() < deadline,
+            "nothing was stored by the first process"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    assert!(at_kill < expected, "all {expected} rows were in before the kill; the test proved nothing");
+    assert!(
+        at_kill < expected,
+        "all {expected} rows were in before the kill; the test proved nothing"
+    );
     let after_kill = count().await;
     assert!(after_kill < expected);
 
     let mut second = ServiceProcess::spawn("fleetwatch-persistence", &vars);
     let deadline = Instant::now() + Duration::from_secs(90);
     while count().await != expected {
-        assert!(Instant::now() < deadline, "only {} of {expected} rows after the restart", count().await);
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {expected} rows after the restart",
+            count().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let distinct: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT DISTINCT vehicle_id, time FROM telemetry) d")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT vehicle_id, time FROM telemetry) d",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(distinct, expected);
     // No gaps: every vehicle has exactly its 2,000 expected sample times.
     let per_vehicle: Vec<(String, i64, i64, i64)> = sqlx::query_as(
@@ -113,16 +141,21 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
     .unwrap();
     assert_eq!(per_vehicle.len(), VEHICLES as usize);
     for (v, n, min, max) in per_vehicle {
-        assert_eq!((n, min, max), (PER_VEHICLE, base, base + (PER_VEHICLE - 1) * 1_000), "vehicle {v}");
+        assert_eq!(
+            (n, min, max),
+            (PER_VEHICLE, base, base + (PER_VEHICLE - 1) * 1_000),
+            "vehicle {v}"
+        );
     }
-    let latest_ok: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM vehicle_latest WHERE time = $1 AND speed = $2",
-    )
-    .bind(chrono::DateTime::from_timestamp_micros(base + (PER_VEHICLE - 1) * 1_000).unwrap())
-    .bind((PER_RECORD - 1) as f64)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let latest_ok: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM vehicle_latest WHERE time = $1 AND speed = $2")
+            .bind(
+                chrono::DateTime::from_timestamp_micros(base + (PER_VEHICLE - 1) * 1_000).unwrap(),
+            )
+            .bind((PER_RECORD - 1) as f64)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(latest_ok, VEHICLES);
     // A clean SIGTERM exits 0.
     assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
@@ -141,14 +174,20 @@ async fn refuses_to_run_on_a_wrong_schema() {
         Ok(_) => panic!("started on an empty database"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("schema") && err.contains("fleetctl migrate"), "{err}");
+    assert!(
+        err.contains("schema") && err.contains("fleetctl migrate"),
+        "{err}"
+    );
 
     let mut p = ServiceProcess::spawn(
         "fleetwatch-persistence",
         &env(&[
             ("DATABASE__URL", empty.url.clone()),
             ("KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
-            ("OBJECT_STORE__URL", format!("file://{}", objects.path().display())),
+            (
+                "OBJECT_STORE__URL",
+                format!("file://{}", objects.path().display()),
+            ),
             ("GRPC__LISTEN", "127.0.0.1:0".into()),
             ("ADMIN__LISTEN", "127.0.0.1:0".into()),
         ]),
@@ -166,5 +205,8 @@ async fn invalid_config_exits_64_before_doing_anything() {
             ("DATABASE__URL", "postgres://127.0.0.1:1/none".into()),
         ]),
     );
-    assert_eq!(p.wait_exit(Duration::from_secs(30)), Some(fleetwatch_common::EXIT_CONFIG));
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(30)),
+        Some(fleetwatch_common::EXIT_CONFIG)
+    );
 }

@@ -33,9 +33,27 @@ async fn seed(h: &Harness) -> (i64, Vec<u8>, String) {
         frame_id: "fr".into(),
         frame_key: "q1/x/frame_1.jpg".into(),
         detections: vec![
-            Detection { class_name: "person".into(), confidence: 0.9, bbox: Some(BoundingBox { x_min: 0.1, y_min: 0.2, x_max: 0.3, y_max: 0.4 }), track_id: "t1".into() },
-            Detection { class_name: "person".into(), confidence: 0.3, ..Default::default() },
-            Detection { class_name: "boat".into(), confidence: 0.8, ..Default::default() },
+            Detection {
+                class_name: "person".into(),
+                confidence: 0.9,
+                bbox: Some(BoundingBox {
+                    x_min: 0.1,
+                    y_min: 0.2,
+                    x_max: 0.3,
+                    y_max: 0.4,
+                }),
+                track_id: "t1".into(),
+            },
+            Detection {
+                class_name: "person".into(),
+                confidence: 0.3,
+                ..Default::default()
+            },
+            Detection {
+                class_name: "boat".into(),
+                confidence: 0.8,
+                ..Default::default()
+            },
         ],
         model_name: "m".into(),
         model_version: "v".into(),
@@ -54,17 +72,25 @@ async fn seed(h: &Harness) -> (i64, Vec<u8>, String) {
         ..Default::default()
     };
     h.send_frame(&frame).await;
-    h.wait_count("telemetry", "SELECT count(*) FROM telemetry", 13).await;
-    h.wait_count("detections", "SELECT count(*) FROM detections", 3).await;
-    h.wait_count("frames", "SELECT count(*) FROM frames", 1).await;
-    let key = fleetwatch_persistence::objects::frame_key("q1", frame.time_unix_us, "image/jpeg").unwrap();
+    h.wait_count("telemetry", "SELECT count(*) FROM telemetry", 13)
+        .await;
+    h.wait_count("detections", "SELECT count(*) FROM detections", 3)
+        .await;
+    h.wait_count("frames", "SELECT count(*) FROM frames", 1)
+        .await;
+    let key =
+        fleetwatch_persistence::objects::frame_key("q1", frame.time_unix_us, "image/jpeg").unwrap();
     (base, data, key)
 }
 
 fn assert_invalid<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, field: &str) {
     let s = r.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-    assert!(s.message().starts_with(field), "message {:?} should name {field}", s.message());
+    assert!(
+        s.message().starts_with(field),
+        "message {:?} should name {field}",
+        s.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,27 +101,54 @@ async fn every_query_answers_from_stored_data() {
     let end = base + 120_000_000;
 
     // GetLatest: all vehicles, or the listed ones.
-    let all = c.get_latest(GetLatestRequest { vehicle_ids: vec![] }).await.unwrap().into_inner();
-    assert_eq!(all.vehicles.iter().map(|v| v.vehicle_id.as_str()).collect::<Vec<_>>(), ["q1", "q2"]);
+    let all = c
+        .get_latest(GetLatestRequest {
+            vehicle_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        all.vehicles
+            .iter()
+            .map(|v| v.vehicle_id.as_str())
+            .collect::<Vec<_>>(),
+        ["q1", "q2"]
+    );
     let q1 = &all.vehicles[0];
     let p = q1.point.as_ref().unwrap();
     assert_eq!(p.time_unix_us, base + 110_000_000);
     assert_eq!(p.speed, Some(11.0));
     assert_eq!(p.metrics["rssi"], -10.0);
     assert!(q1.updated_unix_us > 0);
-    let only = c.get_latest(GetLatestRequest { vehicle_ids: vec!["q2".into(), "nope".into()] }).await.unwrap().into_inner();
+    let only = c
+        .get_latest(GetLatestRequest {
+            vehicle_ids: vec!["q2".into(), "nope".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(only.vehicles.len(), 1);
     assert_eq!(only.vehicles[0].point.as_ref().unwrap().battery, Some(42.0));
 
     // QueryTelemetry: oldest first, [from, to), limit and truncation.
     let r = c
-        .query_telemetry(TelemetryRangeRequest { vehicle_id: "q1".into(), from_unix_us: base, to_unix_us: end, limit: 0 })
+        .query_telemetry(TelemetryRangeRequest {
+            vehicle_id: "q1".into(),
+            from_unix_us: base,
+            to_unix_us: end,
+            limit: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.points.len(), 12);
     assert!(!r.truncated);
-    assert!(r.points.windows(2).all(|w| w[0].time_unix_us < w[1].time_unix_us));
+    assert!(
+        r.points
+            .windows(2)
+            .all(|w| w[0].time_unix_us < w[1].time_unix_us)
+    );
     assert_eq!(r.points[2].metrics["rssi"], -2.0);
     assert_eq!(r.points[2].lat, Some(52.0));
     assert_eq!(r.points[0].vehicle_id, "q1");
@@ -113,7 +166,12 @@ async fn every_query_answers_from_stored_data() {
     assert!(r.truncated);
     assert_eq!(r.points[0].time_unix_us, base + 10_000_000);
     let r = c
-        .query_telemetry(TelemetryRangeRequest { vehicle_id: "q1".into(), from_unix_us: base + 10_000_000, to_unix_us: base + 110_000_000, limit: 10 })
+        .query_telemetry(TelemetryRangeRequest {
+            vehicle_id: "q1".into(),
+            from_unix_us: base + 10_000_000,
+            to_unix_us: base + 110_000_000,
+            limit: 10,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -157,8 +215,17 @@ async fn every_query_answers_from_stored_data() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.buckets.iter().map(|b| b.start_unix_us - base).collect::<Vec<_>>(), [5_000_000, 25_000_000]);
-    assert_eq!(r.buckets.iter().map(|b| b.points).collect::<Vec<_>>(), [2, 2]);
+    assert_eq!(
+        r.buckets
+            .iter()
+            .map(|b| b.start_unix_us - base)
+            .collect::<Vec<_>>(),
+        [5_000_000, 25_000_000]
+    );
+    assert_eq!(
+        r.buckets.iter().map(|b| b.points).collect::<Vec<_>>(),
+        [2, 2]
+    );
     let b = &r.buckets[0];
     assert_eq!(b.fields.len(), 6);
     assert_eq!((b.fields["speed"].avg, b.fields["lat"].max), (1.5, 52.0));
@@ -173,57 +240,127 @@ async fn every_query_answers_from_stored_data() {
         min_confidence: min,
         limit,
     };
-    let r = c.query_detections(det("", 0.0, 0)).await.unwrap().into_inner();
+    let r = c
+        .query_detections(det("", 0.0, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.detections.len(), 3);
     let first = &r.detections[0];
     assert_eq!(first.vehicle_id, "q1");
     assert_eq!(first.time_unix_us, base + 5_000_000);
     assert_eq!(first.frame_key, "q1/x/frame_1.jpg");
-    assert_eq!((first.model_name.as_str(), first.model_version.as_str(), first.frame_id.as_str()), ("m", "v", "fr"));
+    assert_eq!(
+        (
+            first.model_name.as_str(),
+            first.model_version.as_str(),
+            first.frame_id.as_str()
+        ),
+        ("m", "v", "fr")
+    );
     let d = first.detection.as_ref().unwrap();
-    assert_eq!((d.class_name.as_str(), d.confidence, d.track_id.as_str()), ("person", 0.9, "t1"));
+    assert_eq!(
+        (d.class_name.as_str(), d.confidence, d.track_id.as_str()),
+        ("person", 0.9, "t1")
+    );
     assert_eq!(d.bbox.as_ref().unwrap().x_max, 0.3);
-    let r = c.query_detections(det("person", 0.0, 0)).await.unwrap().into_inner();
+    let r = c
+        .query_detections(det("person", 0.0, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.detections.len(), 2);
-    let r = c.query_detections(det("", 0.5, 0)).await.unwrap().into_inner();
-    assert_eq!(r.detections.iter().map(|d| d.detection.as_ref().unwrap().class_name.as_str()).collect::<Vec<_>>(), ["person", "boat"]);
-    let r = c.query_detections(det("", 0.0, 1)).await.unwrap().into_inner();
+    let r = c
+        .query_detections(det("", 0.5, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.detections
+            .iter()
+            .map(|d| d.detection.as_ref().unwrap().class_name.as_str())
+            .collect::<Vec<_>>(),
+        ["person", "boat"]
+    );
+    let r = c
+        .query_detections(det("", 0.0, 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.detections.len(), 1);
-    let r = c.query_detections(DetectionsRequest { vehicle_id: "q2".into(), ..det("", 0.0, 0) }).await.unwrap().into_inner();
+    let r = c
+        .query_detections(DetectionsRequest {
+            vehicle_id: "q2".into(),
+            ..det("", 0.0, 0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.detections.is_empty());
 
     // Frames and their bytes.
     let r = c
-        .query_frames(FramesRequest { vehicle_id: "q1".into(), from_unix_us: base, to_unix_us: end, limit: 0 })
+        .query_frames(FramesRequest {
+            vehicle_id: "q1".into(),
+            from_unix_us: base,
+            to_unix_us: end,
+            limit: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.frames.len(), 1);
     let f = &r.frames[0];
-    assert_eq!((f.object_key.as_str(), f.size_bytes, f.width, f.height), (key.as_str(), 1234, 8, 6));
+    assert_eq!(
+        (f.object_key.as_str(), f.size_bytes, f.width, f.height),
+        (key.as_str(), 1234, 8, 6)
+    );
     assert_eq!(f.content_type, "image/jpeg");
-    let o = c.get_object(GetObjectRequest { key: f.object_key.clone() }).await.unwrap().into_inner();
-    assert_eq!(o.data, data);
-    assert_eq!(o.content_type, "image/jpeg");
-    let missing = c.get_object(GetObjectRequest { key: "q1/2020/01/01/frame_1.jpg".into() }).await.unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound);
-
-    // Health and reflection are served next to the API.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.running.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "fleetwatch.v1.PersistenceQuery".into() })
+    let o = c
+        .get_object(GetObjectRequest {
+            key: f.object_key.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(o.data, data);
+    assert_eq!(o.content_type, "image/jpeg");
+    let missing = c
+        .get_object(GetObjectRequest {
+            key: "q1/2020/01/01/frame_1.jpg".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // Health and reflection are served next to the API.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.running.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "fleetwatch.v1.PersistenceQuery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let m = h.metrics().await;
-    assert!(metric(&m, "fleetwatch_persistence_grpc_requests_total", "method=\"QueryTelemetryBuckets\"") >= 2.0);
+    assert!(
+        metric(
+            &m,
+            "fleetwatch_persistence_grpc_requests_total",
+            "method=\"QueryTelemetryBuckets\""
+        ) >= 2.0
+    );
     h.stop().await;
 }
 
@@ -234,17 +371,32 @@ async fn bad_arguments_are_invalid_argument_naming_the_field() {
     let mut p = point(base);
     p.metrics.insert("rssi".into(), 1.0);
     h.send_telemetry(&batch("v1", vec![p])).await;
-    h.wait_count("latest", "SELECT count(*) FROM vehicle_latest", 1).await;
+    h.wait_count("latest", "SELECT count(*) FROM vehicle_latest", 1)
+        .await;
     let mut c = h.client().await;
     let end = base + 1_000_000;
 
-    assert_invalid(c.get_latest(GetLatestRequest { vehicle_ids: vec!["".into()] }).await, "vehicle_ids");
+    assert_invalid(
+        c.get_latest(GetLatestRequest {
+            vehicle_ids: vec!["".into()],
+        })
+        .await,
+        "vehicle_ids",
+    );
 
-    let tr = |v: &str, from, to| TelemetryRangeRequest { vehicle_id: v.into(), from_unix_us: from, to_unix_us: to, limit: 0 };
+    let tr = |v: &str, from, to| TelemetryRangeRequest {
+        vehicle_id: v.into(),
+        from_unix_us: from,
+        to_unix_us: to,
+        limit: 0,
+    };
     assert_invalid(c.query_telemetry(tr("", base, end)).await, "vehicle_id");
     assert_invalid(c.query_telemetry(tr("v1", end, base)).await, "to_unix_us");
     assert_invalid(c.query_telemetry(tr("v1", base, base)).await, "to_unix_us");
-    assert_invalid(c.query_telemetry(tr("v1", i64::MIN, end)).await, "from_unix_us");
+    assert_invalid(
+        c.query_telemetry(tr("v1", i64::MIN, end)).await,
+        "from_unix_us",
+    );
 
     let bk = |secs, fields: &[&str]| TelemetryBucketsRequest {
         vehicle_id: "v1".into(),
@@ -253,30 +405,105 @@ async fn bad_arguments_are_invalid_argument_naming_the_field() {
         bucket_seconds: secs,
         fields: fields.iter().map(|s| s.to_string()).collect(),
     };
-    assert_invalid(c.query_telemetry_buckets(bk(0, &[])).await, "bucket_seconds");
-    assert_invalid(c.query_telemetry_buckets(bk(1, &["altitude"])).await, "fields");
     assert_invalid(
-        c.query_telemetry_buckets(TelemetryBucketsRequest { to_unix_us: base + 200_000 * 1_000_000, ..bk(1, &[]) }).await,
+        c.query_telemetry_buckets(bk(0, &[])).await,
         "bucket_seconds",
     );
-    assert_invalid(c.query_telemetry_buckets(TelemetryBucketsRequest { vehicle_id: "".into(), ..bk(1, &[]) }).await, "vehicle_id");
+    assert_invalid(
+        c.query_telemetry_buckets(bk(1, &["altitude"])).await,
+        "fields",
+    );
+    assert_invalid(
+        c.query_telemetry_buckets(TelemetryBucketsRequest {
+            to_unix_us: base + 200_000 * 1_000_000,
+            ..bk(1, &[])
+        })
+        .await,
+        "bucket_seconds",
+    );
+    assert_invalid(
+        c.query_telemetry_buckets(TelemetryBucketsRequest {
+            vehicle_id: "".into(),
+            ..bk(1, &[])
+        })
+        .await,
+        "vehicle_id",
+    );
     // A metric the vehicle reported is a known field.
-    let ok = c.query_telemetry_buckets(bk(1, &["rssi"])).await.unwrap().into_inner();
+    let ok = c
+        .query_telemetry_buckets(bk(1, &["rssi"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ok.buckets[0].fields["rssi"].avg, 1.0);
 
-    let det = |min: f32| DetectionsRequest { vehicle_id: "v1".into(), from_unix_us: base, to_unix_us: end, class_name: String::new(), min_confidence: min, limit: 0 };
+    let det = |min: f32| DetectionsRequest {
+        vehicle_id: "v1".into(),
+        from_unix_us: base,
+        to_unix_us: end,
+        class_name: String::new(),
+        min_confidence: min,
+        limit: 0,
+    };
     assert_invalid(c.query_detections(det(1.5)).await, "min_confidence");
     assert_invalid(c.query_detections(det(f32::NAN)).await, "min_confidence");
-    assert_invalid(c.query_detections(DetectionsRequest { vehicle_id: "".into(), ..det(0.0) }).await, "vehicle_id");
-    assert_invalid(c.query_detections(DetectionsRequest { to_unix_us: base, ..det(0.0) }).await, "to_unix_us");
+    assert_invalid(
+        c.query_detections(DetectionsRequest {
+            vehicle_id: "".into(),
+            ..det(0.0)
+        })
+        .await,
+        "vehicle_id",
+    );
+    assert_invalid(
+        c.query_detections(DetectionsRequest {
+            to_unix_us: base,
+            ..det(0.0)
+        })
+        .await,
+        "to_unix_us",
+    );
 
-    assert_invalid(c.query_frames(FramesRequest { vehicle_id: "".into(), from_unix_us: base, to_unix_us: end, limit: 0 }).await, "vehicle_id");
-    assert_invalid(c.query_frames(FramesRequest { vehicle_id: "v1".into(), from_unix_us: end, to_unix_us: base, limit: 0 }).await, "to_unix_us");
+    assert_invalid(
+        c.query_frames(FramesRequest {
+            vehicle_id: "".into(),
+            from_unix_us: base,
+            to_unix_us: end,
+            limit: 0,
+        })
+        .await,
+        "vehicle_id",
+    );
+    assert_invalid(
+        c.query_frames(FramesRequest {
+            vehicle_id: "v1".into(),
+            from_unix_us: end,
+            to_unix_us: base,
+            limit: 0,
+        })
+        .await,
+        "to_unix_us",
+    );
 
-    for bad in ["", "../secret", "v1/../../etc/passwd", "/etc/passwd", "a//b"] {
-        assert_invalid(c.get_object(GetObjectRequest { key: bad.into() }).await, "key");
+    for bad in [
+        "",
+        "../secret",
+        "v1/../../etc/passwd",
+        "/etc/passwd",
+        "a//b",
+    ] {
+        assert_invalid(
+            c.get_object(GetObjectRequest { key: bad.into() }).await,
+            "key",
+        );
     }
     let m = h.metrics().await;
-    assert!(metric(&m, "fleetwatch_persistence_grpc_requests_total", "code=\"invalid_argument\"") >= 18.0);
+    assert!(
+        metric(
+            &m,
+            "fleetwatch_persistence_grpc_requests_total",
+            "code=\"invalid_argument\""
+        ) >= 18.0
+    );
     h.stop().await;
 }

@@ -12,7 +12,12 @@ use fleetwatch_testkit::{TcpProxy, wait_for};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_retries_and_loses_nothing() {
     let pg = fleetwatch_testkit::pg_server_url();
-    let pg_addr = pg.rsplit('@').next().unwrap().trim_end_matches('/').to_string();
+    let pg_addr = pg
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
     let proxy = TcpProxy::start(&pg_addr).await;
     let proxy_addr = proxy.addr();
     let h = Harness::start_with(move |c, db| {
@@ -24,7 +29,10 @@ async fn database_outage_retries_and_loses_nothing() {
     let admin = h.running.admin_addr;
     let ready = |want: bool| async move {
         wait_for("readiness", WAIT, || async move {
-            let s = reqwest::get(format!("http://{admin}/readyz")).await.ok()?.status();
+            let s = reqwest::get(format!("http://{admin}/readyz"))
+                .await
+                .ok()?
+                .status();
             (s.is_success() == want).then_some(())
         })
         .await
@@ -34,41 +42,79 @@ async fn database_outage_retries_and_loses_nothing() {
     proxy.set_up(false);
     let t = time_ago(900);
     let points: Vec<_> = (0..50).map(|i| point(t + i * 1_000_000)).collect();
-    h.send_telemetry(&batch("drone-t", points[..25].to_vec())).await;
-    h.send_telemetry(&batch("drone-t", points[25..].to_vec())).await;
+    h.send_telemetry(&batch("drone-t", points[..25].to_vec()))
+        .await;
+    h.send_telemetry(&batch("drone-t", points[25..].to_vec()))
+        .await;
 
     let m = wait_for("transient failures", WAIT, || async {
         let m = h.metrics().await;
         (metric(&m, "fleetwatch_kafka_transient_failures_total", &group) >= 2.0).then_some(m)
     })
     .await;
-    assert_eq!(metric(&m, "fleetwatch_kafka_records_consumed_total", &group), 0.0, "offsets advanced while down");
-    assert!(metric(&m, "fleetwatch_persistence_transient_write_failures_total", "kind=\"telemetry\"") >= 2.0);
-    assert_eq!(h.scalar("SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-t'").await, 0);
+    assert_eq!(
+        metric(&m, "fleetwatch_kafka_records_consumed_total", &group),
+        0.0,
+        "offsets advanced while down"
+    );
+    assert!(
+        metric(
+            &m,
+            "fleetwatch_persistence_transient_write_failures_total",
+            "kind=\"telemetry\""
+        ) >= 2.0
+    );
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-t'")
+            .await,
+        0
+    );
     ready(false).await;
     let mut c = h.client().await;
     let err = c
-        .query_telemetry(TelemetryRangeRequest { vehicle_id: "drone-t".into(), from_unix_us: t, to_unix_us: t + 60_000_000, limit: 0 })
+        .query_telemetry(TelemetryRangeRequest {
+            vehicle_id: "drone-t".into(),
+            from_unix_us: t,
+            to_unix_us: t + 60_000_000,
+            limit: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 
     proxy.set_up(true);
-    h.wait_count("all points after the outage", "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-t'", 50).await;
+    h.wait_count(
+        "all points after the outage",
+        "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-t'",
+        50,
+    )
+    .await;
     ready(true).await;
     let m = wait_for("offsets stored", WAIT, || async {
         let m = h.metrics().await;
         (metric(&m, "fleetwatch_kafka_records_consumed_total", &group) == 2.0).then_some(m)
     })
     .await;
-    assert_eq!(metric(&m, "fleetwatch_kafka_dead_lettered_total", &group), 0.0);
-    assert_eq!(h.scalar("SELECT count(DISTINCT time) FROM telemetry WHERE vehicle_id = 'drone-t'").await, 50);
+    assert_eq!(
+        metric(&m, "fleetwatch_kafka_dead_lettered_total", &group),
+        0.0
+    );
+    assert_eq!(
+        h.scalar("SELECT count(DISTINCT time) FROM telemetry WHERE vehicle_id = 'drone-t'")
+            .await,
+        50
+    );
     let latest: i64 = h
         .scalar("SELECT (extract(epoch FROM time) * 1000000)::int8 FROM vehicle_latest WHERE vehicle_id = 'drone-t'")
         .await;
     assert_eq!(latest, t + 49_000_000);
     let r = c
-        .query_telemetry(TelemetryRangeRequest { vehicle_id: "drone-t".into(), from_unix_us: t, to_unix_us: t + 60_000_000, limit: 0 })
+        .query_telemetry(TelemetryRangeRequest {
+            vehicle_id: "drone-t".into(),
+            from_unix_us: t,
+            to_unix_us: t + 60_000_000,
+            limit: 0,
+        })
         .await
         .unwrap();
     assert_eq!(r.into_inner().points.len(), 50);

@@ -42,7 +42,12 @@ async fn telemetry_lands_with_every_field_and_latest_merges() {
     };
     let b = batch("drone-1", vec![p1, p2, point(t_old)]);
     h.send_telemetry(&b).await;
-    h.wait_count("3 points", "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-1'", 3).await;
+    h.wait_count(
+        "3 points",
+        "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-1'",
+        3,
+    )
+    .await;
 
     let row = sqlx::query(
         "SELECT lat, lon, alt, speed, heading, battery, metrics, received_at, stored_at
@@ -58,15 +63,23 @@ async fn telemetry_lands_with_every_field_and_latest_merges() {
     assert_eq!(row.get::<Option<f64>, _>("speed"), Some(12.25));
     assert_eq!(row.get::<Option<f64>, _>("heading"), Some(270.0));
     assert_eq!(row.get::<Option<f64>, _>("battery"), Some(87.0));
-    assert_eq!(row.get::<serde_json::Value, _>("metrics"), serde_json::json!({"rssi": -71.0, "temp": 21.5}));
-    assert_eq!(row.get::<Option<DateTime<Utc>>, _>("received_at"), Some(ts(b.received_unix_us)));
+    assert_eq!(
+        row.get::<serde_json::Value, _>("metrics"),
+        serde_json::json!({"rssi": -71.0, "temp": 21.5})
+    );
+    assert_eq!(
+        row.get::<Option<DateTime<Utc>>, _>("received_at"),
+        Some(ts(b.received_unix_us))
+    );
     assert!(row.get::<DateTime<Utc>, _>("stored_at") >= ts(b.received_unix_us));
 
-    let row = sqlx::query("SELECT lon, speed, metrics FROM telemetry WHERE vehicle_id = 'drone-1' AND time = $1")
-        .bind(ts(t_old))
-        .fetch_one(&h.db.pool)
-        .await
-        .unwrap();
+    let row = sqlx::query(
+        "SELECT lon, speed, metrics FROM telemetry WHERE vehicle_id = 'drone-1' AND time = $1",
+    )
+    .bind(ts(t_old))
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
     assert_eq!(row.get::<Option<f64>, _>("lon"), None);
     assert_eq!(row.get::<Option<serde_json::Value>, _>("metrics"), None);
 
@@ -79,10 +92,19 @@ async fn telemetry_lands_with_every_field_and_latest_merges() {
     assert_eq!(latest.get::<Option<f64>, _>("lon"), Some(10.75));
     assert_eq!(latest.get::<Option<f64>, _>("speed"), Some(12.25));
     assert_eq!(latest.get::<Option<f64>, _>("battery"), Some(87.0));
-    assert_eq!(latest.get::<serde_json::Value, _>("metrics"), serde_json::json!({"rssi": -65.0, "temp": 21.5}));
+    assert_eq!(
+        latest.get::<serde_json::Value, _>("metrics"),
+        serde_json::json!({"rssi": -65.0, "temp": 21.5})
+    );
 
     let m = h.metrics().await;
-    assert!(metric(&m, "fleetwatch_kafka_records_consumed_total", &h.group("telemetry")) >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "fleetwatch_kafka_records_consumed_total",
+            &h.group("telemetry")
+        ) >= 1.0
+    );
     h.stop().await;
 }
 
@@ -97,7 +119,12 @@ async fn redelivered_and_late_records_change_nothing() {
     p2.lat = Some(2.0);
     let a = batch("drone-2", vec![p1, p2]);
     h.send_telemetry(&a).await;
-    h.wait_count("first delivery", "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-2'", 2).await;
+    h.wait_count(
+        "first delivery",
+        "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-2'",
+        2,
+    )
+    .await;
     let updated_before: DateTime<Utc> =
         sqlx::query_scalar("SELECT updated_at FROM vehicle_latest WHERE vehicle_id = 'drone-2'")
             .fetch_one(&h.db.pool)
@@ -113,18 +140,35 @@ async fn redelivered_and_late_records_change_nothing() {
     late.metrics.insert("late".into(), 1.0);
     h.send_telemetry(&batch("drone-2", vec![late])).await;
     h.send_telemetry(&batch("marker", vec![point(t)])).await;
-    h.wait_count("the marker", "SELECT count(*) FROM telemetry WHERE vehicle_id = 'marker'", 1).await;
+    h.wait_count(
+        "the marker",
+        "SELECT count(*) FROM telemetry WHERE vehicle_id = 'marker'",
+        1,
+    )
+    .await;
 
-    assert_eq!(h.scalar("SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-2'").await, 3);
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-2'")
+            .await,
+        3
+    );
     let latest = sqlx::query("SELECT time, lat, speed, metrics, updated_at FROM vehicle_latest WHERE vehicle_id = 'drone-2'")
         .fetch_one(&h.db.pool)
         .await
         .unwrap();
-    assert_eq!(latest.get::<DateTime<Utc>, _>("time"), ts(t + 1_000_000), "latest moved backwards");
+    assert_eq!(
+        latest.get::<DateTime<Utc>, _>("time"),
+        ts(t + 1_000_000),
+        "latest moved backwards"
+    );
     assert_eq!(latest.get::<Option<f64>, _>("lat"), Some(2.0));
     assert_eq!(latest.get::<Option<f64>, _>("speed"), Some(5.0));
     assert_eq!(latest.get::<Option<serde_json::Value>, _>("metrics"), None);
-    assert_eq!(latest.get::<DateTime<Utc>, _>("updated_at"), updated_before, "a redelivery touched the latest row");
+    assert_eq!(
+        latest.get::<DateTime<Utc>, _>("updated_at"),
+        updated_before,
+        "a redelivery touched the latest row"
+    );
     h.stop().await;
 }
 
@@ -133,11 +177,22 @@ async fn bad_records_are_dead_lettered_and_consumption_moves_on() {
     let h = Harness::start_with(|c, _| c.kafka.consumer.batch_max_wait_ms = 300).await;
     let t = time_ago(120);
     let garbage = [0xffu8, 0xff, 0xff, 0xff];
-    h.send(&h.topics.telemetry, "drone-3", &garbage, "fleetwatch.v1.TelemetryBatch").await;
+    h.send(
+        &h.topics.telemetry,
+        "drone-3",
+        &garbage,
+        "fleetwatch.v1.TelemetryBatch",
+    )
+    .await;
     // Valid protobuf but the key names another vehicle.
     let mismatched = batch("drone-3", vec![point(t)]);
-    h.send(&h.topics.telemetry, "drone-9", &prost::Message::encode_to_vec(&mismatched), "fleetwatch.v1.TelemetryBatch")
-        .await;
+    h.send(
+        &h.topics.telemetry,
+        "drone-9",
+        &prost::Message::encode_to_vec(&mismatched),
+        "fleetwatch.v1.TelemetryBatch",
+    )
+    .await;
     let mut nan = point(t);
     nan.heading = Some(f64::NAN);
     h.send_telemetry(&batch("drone-3", vec![nan])).await;
@@ -145,29 +200,78 @@ async fn bad_records_are_dead_lettered_and_consumption_moves_on() {
     // poison record alone is rejected, its neighbours are stored.
     let mut poison = point(t + 2_000_000);
     poison.metrics.insert("bad\u{0}name".into(), 1.0);
-    h.send_telemetry(&batch("drone-3", vec![point(t + 1_000_000)])).await;
+    h.send_telemetry(&batch("drone-3", vec![point(t + 1_000_000)]))
+        .await;
     h.send_telemetry(&batch("drone-3", vec![poison])).await;
-    h.send_telemetry(&batch("drone-3", vec![point(t + 3_000_000)])).await;
+    h.send_telemetry(&batch("drone-3", vec![point(t + 3_000_000)]))
+        .await;
 
-    h.wait_count("the valid records", "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-3'", 2).await;
-    let dlq = read_topic(&h.bootstrap, &format!("{}.dlq", h.topics.telemetry), 4, WAIT).await;
+    h.wait_count(
+        "the valid records",
+        "SELECT count(*) FROM telemetry WHERE vehicle_id = 'drone-3'",
+        2,
+    )
+    .await;
+    let dlq = read_topic(
+        &h.bootstrap,
+        &format!("{}.dlq", h.topics.telemetry),
+        4,
+        WAIT,
+    )
+    .await;
     assert_eq!(dlq.len(), 4);
     let group = h.group("telemetry");
     for r in &dlq {
-        assert_eq!(r.header(headers::DLQ_SOURCE_TOPIC).as_deref(), Some(h.topics.telemetry.as_str()));
-        assert_eq!(r.header(headers::DLQ_SOURCE_PARTITION).as_deref(), Some("0"));
-        assert_eq!(r.header(headers::DLQ_CONSUMER_GROUP).as_deref(), Some(group.as_str()));
+        assert_eq!(
+            r.header(headers::DLQ_SOURCE_TOPIC).as_deref(),
+            Some(h.topics.telemetry.as_str())
+        );
+        assert_eq!(
+            r.header(headers::DLQ_SOURCE_PARTITION).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            r.header(headers::DLQ_CONSUMER_GROUP).as_deref(),
+            Some(group.as_str())
+        );
         assert!(r.header(headers::DLQ_TIME_UNIX_US).is_some());
     }
-    let by_offset = |o: i64| dlq.iter().find(|r| r.header(headers::DLQ_SOURCE_OFFSET) == Some(o.to_string())).unwrap();
+    let by_offset = |o: i64| {
+        dlq.iter()
+            .find(|r| r.header(headers::DLQ_SOURCE_OFFSET) == Some(o.to_string()))
+            .unwrap()
+    };
     assert_eq!(by_offset(0).payload, garbage);
-    assert!(by_offset(0).header(headers::DLQ_ERROR).unwrap().contains("undecodable"));
-    assert!(by_offset(1).header(headers::DLQ_ERROR).unwrap().contains("record key"));
-    assert!(by_offset(2).header(headers::DLQ_ERROR).unwrap().contains("points[0].heading"));
-    assert!(by_offset(4).header(headers::DLQ_ERROR).unwrap().contains("refused by the database"));
+    assert!(
+        by_offset(0)
+            .header(headers::DLQ_ERROR)
+            .unwrap()
+            .contains("undecodable")
+    );
+    assert!(
+        by_offset(1)
+            .header(headers::DLQ_ERROR)
+            .unwrap()
+            .contains("record key")
+    );
+    assert!(
+        by_offset(2)
+            .header(headers::DLQ_ERROR)
+            .unwrap()
+            .contains("points[0].heading")
+    );
+    assert!(
+        by_offset(4)
+            .header(headers::DLQ_ERROR)
+            .unwrap()
+            .contains("refused by the database")
+    );
 
     let m = h.metrics().await;
-    assert_eq!(metric(&m, "fleetwatch_kafka_dead_lettered_total", &group), 4.0);
+    assert_eq!(
+        metric(&m, "fleetwatch_kafka_dead_lettered_total", &group),
+        4.0
+    );
     h.stop().await;
 }
 
@@ -184,11 +288,25 @@ async fn detections_land_once_with_the_seed_columns() {
             Detection {
                 class_name: "person".into(),
                 confidence: 0.5,
-                bbox: Some(BoundingBox { x_min: 0.25, y_min: 0.5, x_max: 0.75, y_max: 1.0 }),
+                bbox: Some(BoundingBox {
+                    x_min: 0.25,
+                    y_min: 0.5,
+                    x_max: 0.75,
+                    y_max: 1.0,
+                }),
                 track_id: "7".into(),
             },
-            Detection { class_name: "no_helmet".into(), confidence: 0.75, bbox: None, track_id: String::new() },
-            Detection { class_name: "person".into(), confidence: 0.25, ..Default::default() },
+            Detection {
+                class_name: "no_helmet".into(),
+                confidence: 0.75,
+                bbox: None,
+                track_id: String::new(),
+            },
+            Detection {
+                class_name: "person".into(),
+                confidence: 0.25,
+                ..Default::default()
+            },
         ],
         model_name: "yolov8n".into(),
         model_version: "1".into(),
@@ -225,18 +343,43 @@ async fn detections_land_once_with_the_seed_columns() {
     assert_eq!(r.get::<Option<f64>, _>("x_min"), Some(0.25));
     assert_eq!(r.get::<Option<f64>, _>("y_max"), Some(1.0));
     assert_eq!(r.get::<String, _>("frame_id"), "frame-0001");
-    assert_eq!(r.get::<Option<String>, _>("object_id").as_deref(), Some("7"));
-    assert_eq!(r.get::<Option<String>, _>("clip_s3_key").as_deref(), Some("drone-4/2026/01/01/frame_1.jpg"));
+    assert_eq!(
+        r.get::<Option<String>, _>("object_id").as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        r.get::<Option<String>, _>("clip_s3_key").as_deref(),
+        Some("drone-4/2026/01/01/frame_1.jpg")
+    );
     assert_eq!(r.get::<String, _>("model_name"), "yolov8n");
     assert_eq!(r.get::<String, _>("model_version"), "1");
     assert_eq!(r.get::<String, _>("source"), "inference");
-    assert_eq!(rows.iter().map(|r| r.get::<i32, _>("seq")).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.get::<i32, _>("seq"))
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
     assert_eq!(rows[1].get::<Option<f64>, _>("x_min"), None);
     assert_eq!(rows[1].get::<Option<String>, _>("object_id"), None);
 
-    let dlq = read_topic(&h.bootstrap, &format!("{}.dlq", h.topics.detections), 1, WAIT).await;
-    assert!(dlq[0].header(headers::DLQ_ERROR).unwrap().contains("refused by the database"));
-    assert_eq!(dlq[0].header(headers::DLQ_SOURCE_OFFSET).as_deref(), Some("2"));
+    let dlq = read_topic(
+        &h.bootstrap,
+        &format!("{}.dlq", h.topics.detections),
+        1,
+        WAIT,
+    )
+    .await;
+    assert!(
+        dlq[0]
+            .header(headers::DLQ_ERROR)
+            .unwrap()
+            .contains("refused by the database")
+    );
+    assert_eq!(
+        dlq[0].header(headers::DLQ_SOURCE_OFFSET).as_deref(),
+        Some("2")
+    );
     h.stop().await;
 }
 
@@ -257,9 +400,19 @@ async fn frames_are_stored_in_the_object_store_then_indexed() {
     };
     h.send_frame(&f).await;
     h.send_frame(&f).await;
-    h.send_frame(&Frame { data: vec![], time_unix_us: t + 1, ..f.clone() }).await;
-    h.send_frame(&Frame { time_unix_us: t + 2, ..f.clone() }).await;
-    h.wait_count("two frames", "SELECT count(*) FROM frames", 2).await;
+    h.send_frame(&Frame {
+        data: vec![],
+        time_unix_us: t + 1,
+        ..f.clone()
+    })
+    .await;
+    h.send_frame(&Frame {
+        time_unix_us: t + 2,
+        ..f.clone()
+    })
+    .await;
+    h.wait_count("two frames", "SELECT count(*) FROM frames", 2)
+        .await;
 
     let day = ts(t).format("%Y/%m/%d").to_string();
     let key = format!("drone-5/{day}/frame_{t}.jpg");
@@ -277,9 +430,16 @@ async fn frames_are_stored_in_the_object_store_then_indexed() {
     assert_eq!(std::fs::read(h.objects.path().join(&key)).unwrap(), data);
 
     let dlq = read_topic(&h.bootstrap, &format!("{}.dlq", h.topics.frames), 1, WAIT).await;
-    assert!(dlq[0].header(headers::DLQ_ERROR).unwrap().contains("frame data is empty"));
+    assert!(
+        dlq[0]
+            .header(headers::DLQ_ERROR)
+            .unwrap()
+            .contains("frame data is empty")
+    );
     // Nothing was written for the rejected frame.
-    let files = std::fs::read_dir(h.objects.path().join(format!("drone-5/{day}"))).unwrap().count();
+    let files = std::fs::read_dir(h.objects.path().join(format!("drone-5/{day}")))
+        .unwrap()
+        .count();
     assert_eq!(files, 2);
     h.stop().await;
 }

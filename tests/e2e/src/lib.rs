@@ -85,10 +85,22 @@ impl Stack {
         let mut env = self.common_env("persistence");
         let p = "FLEETWATCH_PERSISTENCE__";
         env.extend([
-            (format!("{p}GRPC__LISTEN"), format!("127.0.0.1:{}", self.persistence_grpc)),
-            (format!("{p}ADMIN__LISTEN"), format!("127.0.0.1:{}", self.persistence_admin)),
-            (format!("{p}OBJECT_STORE__URL"), format!("file://{}", self.objects.path().display())),
-            (format!("{p}WRITER__GROUP_PREFIX"), format!("persistence-{}", tk::unique_suffix())),
+            (
+                format!("{p}GRPC__LISTEN"),
+                format!("127.0.0.1:{}", self.persistence_grpc),
+            ),
+            (
+                format!("{p}ADMIN__LISTEN"),
+                format!("127.0.0.1:{}", self.persistence_admin),
+            ),
+            (
+                format!("{p}OBJECT_STORE__URL"),
+                format!("file://{}", self.objects.path().display()),
+            ),
+            (
+                format!("{p}WRITER__GROUP_PREFIX"),
+                format!("persistence-{}", tk::unique_suffix()),
+            ),
         ]);
         self.persistence = Some(ServiceProcess::spawn("fleetwatch-persistence", &env));
         wait_ready(self.persistence_admin).await;
@@ -100,15 +112,33 @@ impl Stack {
         let (mh, mp) = tk::mqtt_addr();
         let pre = &self.mqtt_prefix;
         env.extend([
-            (format!("{p}HTTP__LISTEN"), format!("127.0.0.1:{}", self.ingest_http)),
-            (format!("{p}GRPC__LISTEN"), format!("127.0.0.1:{}", self.ingest_grpc)),
-            (format!("{p}ADMIN__LISTEN"), format!("127.0.0.1:{}", self.ingest_admin)),
-            (format!("{p}PERSISTENCE__GRPC_URL"), format!("http://127.0.0.1:{}", self.persistence_grpc)),
+            (
+                format!("{p}HTTP__LISTEN"),
+                format!("127.0.0.1:{}", self.ingest_http),
+            ),
+            (
+                format!("{p}GRPC__LISTEN"),
+                format!("127.0.0.1:{}", self.ingest_grpc),
+            ),
+            (
+                format!("{p}ADMIN__LISTEN"),
+                format!("127.0.0.1:{}", self.ingest_admin),
+            ),
+            (
+                format!("{p}PERSISTENCE__GRPC_URL"),
+                format!("http://127.0.0.1:{}", self.persistence_grpc),
+            ),
             (format!("{p}MQTT__HOST"), mh),
             (format!("{p}MQTT__PORT"), mp.to_string()),
             (format!("{p}MQTT__CLIENT_ID"), format!("ingest-{pre}")),
-            (format!("{p}MQTT__TELEMETRY_FILTERS"), format!("[\"{pre}/fleet/+/telemetry\"]")),
-            (format!("{p}MQTT__DETECTION_FILTERS"), format!("[\"{pre}/fleet/+/detections\"]")),
+            (
+                format!("{p}MQTT__TELEMETRY_FILTERS"),
+                format!("[\"{pre}/fleet/+/telemetry\"]"),
+            ),
+            (
+                format!("{p}MQTT__DETECTION_FILTERS"),
+                format!("[\"{pre}/fleet/+/detections\"]"),
+            ),
         ]);
         self.ingest = Some(ServiceProcess::spawn("fleetwatch-ingest", &env));
         wait_ready(self.ingest_admin).await;
@@ -119,11 +149,16 @@ impl Stack {
     }
 
     pub async fn add_vehicle(&self, id: &str) -> String {
-        fleetwatch_db::add_vehicle(&self.db.pool, id, "drone", None).await.unwrap()
+        fleetwatch_db::add_vehicle(&self.db.pool, id, "drone", None)
+            .await
+            .unwrap()
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.unwrap()
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
     }
 
     /// Waits until `sql` (a count) returns `expected`, then checks it stays
@@ -134,7 +169,10 @@ impl Stack {
             let pool = pool.clone();
             async move {
                 let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.ok()?;
-                assert!(n <= expected, "{sql} returned {n}, more than {expected}: duplicates");
+                assert!(
+                    n <= expected,
+                    "{sql} returned {n}, more than {expected}: duplicates"
+                );
                 (n == expected).then_some(())
             }
         })
@@ -145,12 +183,16 @@ impl Stack {
 /// Waits until the admin server's `/readyz` answers 200.
 pub async fn wait_ready(admin_port: u16) {
     let url = format!("http://127.0.0.1:{admin_port}/readyz");
-    tk::wait_for(&format!("{url} to be ready"), Duration::from_secs(60), || {
-        let url = url.clone();
-        async move {
-            let r = reqwest::get(&url).await.ok()?;
-            r.status().is_success().then_some(())
-        }
-    })
+    tk::wait_for(
+        &format!("{url} to be ready"),
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
     .await;
 }

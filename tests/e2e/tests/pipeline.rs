@@ -21,11 +21,24 @@ fn ts(offset_ms: i64) -> String {
 }
 
 fn rfc3339_ms(t_ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(t_ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(t_ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn post_point(client: &reqwest::Client, stack: &Stack, token: &str, body: serde_json::Value) -> reqwest::Response {
-    client.post(stack.http("/api/v1/telemetry")).bearer_auth(token).json(&body).send().await.unwrap()
+async fn post_point(
+    client: &reqwest::Client,
+    stack: &Stack,
+    token: &str,
+    body: serde_json::Value,
+) -> reqwest::Response {
+    client
+        .post(stack.http("/api/v1/telemetry"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -50,12 +63,22 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let records = tk::read_topic(&stack.bootstrap, &stack.topics.telemetry, 1, MINUTE).await;
-    let tp = records[0].header("traceparent").expect("traceparent header");
-    assert!(tp.starts_with(&format!("00-{trace_id}-")), "trace continues: {tp}");
+    let tp = records[0]
+        .header("traceparent")
+        .expect("traceparent header");
+    assert!(
+        tp.starts_with(&format!("00-{trace_id}-")),
+        "trace continues: {tp}"
+    );
 
     // gRPC client stream
-    let mut grpc = IngestServiceClient::connect(format!("http://127.0.0.1:{}", stack.ingest_grpc)).await.unwrap();
-    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let mut grpc = IngestServiceClient::connect(format!("http://127.0.0.1:{}", stack.ingest_grpc))
+        .await
+        .unwrap();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
     let chunk = TelemetryChunk {
         points: vec![TelemetryPoint {
             vehicle_id: "e2e-1".into(),
@@ -66,7 +89,8 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
         }],
     };
     let mut req = tonic::Request::new(tokio_stream::iter(vec![chunk]));
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let ack = grpc.stream_telemetry(req).await.unwrap().into_inner();
     assert_eq!(ack.accepted, 1);
 
@@ -75,13 +99,21 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
     let mut opts = rumqttc::MqttOptions::new(format!("veh-{}", tk::unique_suffix()), mh, mp);
     opts.set_keep_alive(Duration::from_secs(5));
     let (mqtt, mut events) = rumqttc::AsyncClient::new(opts, 10);
-    let payload = json!({"drone_id": "e2e-1", "timestamp": ts(2_000), "lat": 28.72, "lon": 77.12}).to_string();
-    mqtt.publish(format!("{}/fleet/e2e-1/telemetry", stack.mqtt_prefix), rumqttc::QoS::AtLeastOnce, false, payload)
-        .await
-        .unwrap();
+    let payload = json!({"drone_id": "e2e-1", "timestamp": ts(2_000), "lat": 28.72, "lon": 77.12})
+        .to_string();
+    mqtt.publish(
+        format!("{}/fleet/e2e-1/telemetry", stack.mqtt_prefix),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        payload,
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = events.poll().await.unwrap() {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
+                events.poll().await.unwrap()
+            {
                 break;
             }
         }
@@ -93,9 +125,17 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
 
     // A vehicle retrying the same point (e.g. after a timeout) changes nothing;
     // a later point on the same key proves the retry was processed first.
-    assert_eq!(post_point(&client, &stack, &token, http_point).await.status(), 200);
+    assert_eq!(
+        post_point(&client, &stack, &token, http_point)
+            .await
+            .status(),
+        200
+    );
     let last = json!({"vehicle_id": "e2e-1", "timestamp": ts(3_000), "lat": 28.73, "lon": 77.13, "battery": 70});
-    assert_eq!(post_point(&client, &stack, &token, last).await.status(), 200);
+    assert_eq!(
+        post_point(&client, &stack, &token, last).await.status(),
+        200
+    );
     stack.wait_count(count, 4, MINUTE).await;
 
     // Custom metric kept; latest state readable through the seed's endpoint.
@@ -104,20 +144,44 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
         .await
         .unwrap();
     assert_eq!(rssi, Some(-71.0));
-    let latest: serde_json::Value =
-        client.get(stack.http("/api/latest")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let latest: serde_json::Value = client
+        .get(stack.http("/api/latest"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let text = latest.to_string();
-    assert!(text.contains("28.73") && text.contains("77.13"), "latest should be the newest point: {text}");
+    assert!(
+        text.contains("28.73") && text.contains("77.13"),
+        "latest should be the newest point: {text}"
+    );
 
     // And through the persistence query API.
-    let mut q = PersistenceQueryClient::connect(format!("http://127.0.0.1:{}", stack.persistence_grpc)).await.unwrap();
+    let mut q =
+        PersistenceQueryClient::connect(format!("http://127.0.0.1:{}", stack.persistence_grpc))
+            .await
+            .unwrap();
     let range = q
-        .query_telemetry(TelemetryRangeRequest { vehicle_id: "e2e-1".into(), from_unix_us: 0, to_unix_us: (chrono::Utc::now().timestamp() + 3600) * 1_000_000, limit: 0 })
+        .query_telemetry(TelemetryRangeRequest {
+            vehicle_id: "e2e-1".into(),
+            from_unix_us: 0,
+            to_unix_us: (chrono::Utc::now().timestamp() + 3600) * 1_000_000,
+            limit: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(range.points.len(), 4);
-    assert!(range.points.windows(2).all(|w| w[0].time_unix_us < w[1].time_unix_us), "oldest first");
+    assert!(
+        range
+            .points
+            .windows(2)
+            .all(|w| w[0].time_unix_us < w[1].time_unix_us),
+        "oldest first"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +199,11 @@ async fn persistence_sigkill_mid_stream_loses_and_duplicates_nothing() {
         let client = client.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 3_600;
+            let base = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                - 3_600;
             for r in 0..requests {
                 let body: String = (0..per_request)
                     .map(|i| {
@@ -174,9 +242,15 @@ async fn persistence_sigkill_mid_stream_loses_and_duplicates_nothing() {
     let at_crash = stack.count(count).await;
     stack.start_persistence().await;
     sender.await.unwrap();
-    stack.wait_count(count, requests * per_request, Duration::from_secs(120)).await;
+    stack
+        .wait_count(count, requests * per_request, Duration::from_secs(120))
+        .await;
     let distinct = stack.count("SELECT count(DISTINCT (metrics->>'seq')) FROM telemetry WHERE vehicle_id = 'e2e-crash'").await;
-    assert_eq!(distinct, requests * per_request, "every sequence number exactly once (crash at {at_crash} rows)");
+    assert_eq!(
+        distinct,
+        requests * per_request,
+        "every sequence number exactly once (crash at {at_crash} rows)"
+    );
 }
 
 #[tokio::test]
@@ -184,21 +258,34 @@ async fn broker_outage_gives_503_and_loses_nothing_acknowledged() {
     let mut broker = tk::OwnedBroker::start_durable().await;
     let mut stack = Stack::start(&broker.bootstrap()).await;
     let token = stack.add_vehicle("e2e-outage").await;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let count = "SELECT count(*) FROM telemetry WHERE vehicle_id = 'e2e-outage'";
     let base = chrono::Utc::now().timestamp_millis() - 60_000;
     let point = |i: i64| json!({"vehicle_id": "e2e-outage", "timestamp": rfc3339_ms(base + i * 10), "lat": 1.0, "lon": 2.0});
 
     let mut acked = 0;
     for i in 0..5 {
-        assert_eq!(post_point(&client, &stack, &token, point(i)).await.status(), 200);
+        assert_eq!(
+            post_point(&client, &stack, &token, point(i)).await.status(),
+            200
+        );
         acked += 1;
     }
 
     broker.kill();
     let r = post_point(&client, &stack, &token, point(100)).await;
     assert_eq!(r.status(), 503);
-    let retry_after: u64 = r.headers().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = r
+        .headers()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
 
     broker.restart().await;
@@ -222,7 +309,9 @@ async fn broker_outage_gives_503_and_loses_nothing_acknowledged() {
         }
     })
     .await;
-    let before: Vec<String> = (0..5).map(|i| point(i)["timestamp"].as_str().unwrap().to_string()).collect();
+    let before: Vec<String> = (0..5)
+        .map(|i| point(i)["timestamp"].as_str().unwrap().to_string())
+        .collect();
     let survived: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM telemetry WHERE vehicle_id = 'e2e-outage' AND time = ANY($1::text[]::timestamptz[])",
     )
@@ -230,7 +319,18 @@ async fn broker_outage_gives_503_and_loses_nothing_acknowledged() {
     .fetch_one(&stack.db.pool)
     .await
     .unwrap();
-    assert_eq!(survived, 5, "the points acknowledged before the outage survive it");
-    stack.ingest.as_mut().unwrap().terminate(Duration::from_secs(20));
-    stack.persistence.as_mut().unwrap().terminate(Duration::from_secs(20));
+    assert_eq!(
+        survived, 5,
+        "the points acknowledged before the outage survive it"
+    );
+    stack
+        .ingest
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(20));
+    stack
+        .persistence
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(20));
 }

@@ -20,9 +20,35 @@ async fn simulated_fleet_is_queryable_with_frames_and_detections() {
         let tokens_file = tokens.path().join("tokens.json");
         move || {
             Command::new(tk::binary("fleetctl"))
-                .args(["--database-url", &db, "simulate", "--register", "--prefix", "e2esim", "--vehicles", "3"])
-                .args(["--rate", "5", "--batch", "5", "--frames-fps", "2", "--frame-size", "320x240", "--detections"])
-                .args(["--duration", "4", "--ingest-url", &http, "--grpc-url", &grpc])
+                .args([
+                    "--database-url",
+                    &db,
+                    "simulate",
+                    "--register",
+                    "--prefix",
+                    "e2esim",
+                    "--vehicles",
+                    "3",
+                ])
+                .args([
+                    "--rate",
+                    "5",
+                    "--batch",
+                    "5",
+                    "--frames-fps",
+                    "2",
+                    "--frame-size",
+                    "320x240",
+                    "--detections",
+                ])
+                .args([
+                    "--duration",
+                    "4",
+                    "--ingest-url",
+                    &http,
+                    "--grpc-url",
+                    &grpc,
+                ])
                 .arg("--tokens-file")
                 .arg(&tokens_file)
                 .output()
@@ -54,10 +80,12 @@ async fn simulated_fleet_is_queryable_with_frames_and_detections() {
     let frames = tk::wait_for("stored frames", Duration::from_secs(60), || {
         let pool = pool.clone();
         async move {
-            let keys: Vec<String> = sqlx::query_scalar("SELECT object_key FROM frames WHERE vehicle_id LIKE 'e2esim-%'")
-                .fetch_all(&pool)
-                .await
-                .ok()?;
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT object_key FROM frames WHERE vehicle_id LIKE 'e2esim-%'",
+            )
+            .fetch_all(&pool)
+            .await
+            .ok()?;
             (keys.len() >= 3).then_some(keys)
         }
     })
@@ -67,7 +95,9 @@ async fn simulated_fleet_is_queryable_with_frames_and_detections() {
         assert_eq!(&bytes[..2], &[0xFF, 0xD8], "{key} is a JPEG");
     }
     // The simulator reports its object on ~30% of ~24 frames (P(none) < 0.1%).
-    let with_detections = stack.count("SELECT count(*) FROM detections WHERE drone_id LIKE 'e2esim-%'").await;
+    let with_detections = stack
+        .count("SELECT count(*) FROM detections WHERE drone_id LIKE 'e2esim-%'")
+        .await;
     assert!(with_detections > 0, "detections from the simulated fleet");
     let bad = stack
         .count("SELECT count(*) FROM detections WHERE drone_id LIKE 'e2esim-%' AND NOT (x_min >= 0 AND x_max <= 1 AND x_min < x_max)")

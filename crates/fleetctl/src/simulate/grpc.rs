@@ -89,14 +89,25 @@ impl GrpcTelemetry {
     fn open(&self) -> Window {
         let (tx, rx) = mpsc::channel(64);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        req.metadata_mut().insert("authorization", self.auth.clone());
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
         let mut client = self.client.clone();
         let call = tokio::spawn(async move { client.stream_telemetry(req).await });
-        Window { tx, call, opened: Instant::now(), points: Vec::new() }
+        Window {
+            tx,
+            call,
+            opened: Instant::now(),
+            points: Vec::new(),
+        }
     }
 
     fn chunk_of(&self, points: &[Point]) -> TelemetryChunk {
-        TelemetryChunk { points: points.iter().map(|p| p.to_proto(&self.vehicle_id)).collect() }
+        TelemetryChunk {
+            points: points
+                .iter()
+                .map(|p| p.to_proto(&self.vehicle_id))
+                .collect(),
+        }
     }
 
     /// Sends one batch as a chunk of the open stream; closes the stream when its window is over.
@@ -114,14 +125,20 @@ impl GrpcTelemetry {
             return self.close(w, flow).await;
         }
         self.window = Some(w);
-        Delivery { outcome: Outcome::Acked, backed_off: false }
+        Delivery {
+            outcome: Outcome::Acked,
+            backed_off: false,
+        }
     }
 
     /// Closes the open stream (end of the run) and waits for its acknowledgement.
     pub async fn finish(&mut self, flow: &Flow) -> Delivery {
         match self.window.take() {
             Some(w) => self.close(w, flow).await,
-            None => Delivery { outcome: Outcome::Acked, backed_off: false },
+            None => Delivery {
+                outcome: Outcome::Acked,
+                backed_off: false,
+            },
         }
     }
 
@@ -131,7 +148,9 @@ impl GrpcTelemetry {
         match tokio::time::timeout(self.timeout, &mut call).await {
             Ok(Ok(Ok(resp))) => Ok(resp.into_inner().accepted),
             Ok(Ok(Err(status))) => Err(CallError::Status(status)),
-            Ok(Err(join)) => Err(CallError::Status(Status::internal(format!("stream task failed: {join}")))),
+            Ok(Err(join)) => Err(CallError::Status(Status::internal(format!(
+                "stream task failed: {join}"
+            )))),
             Err(_) => {
                 call.abort();
                 Err(CallError::Timeout)
@@ -150,12 +169,19 @@ impl GrpcTelemetry {
             let err = match result {
                 Ok(accepted) => {
                     flow.acked.fetch_add(accepted, Relaxed);
-                    return Delivery { outcome: Outcome::Acked, backed_off };
+                    return Delivery {
+                        outcome: Outcome::Acked,
+                        backed_off,
+                    };
                 }
                 Err(e) => e,
             };
             let (kind, detail, wait) = match &err {
-                CallError::Timeout => (ErrorKind::Timeout, format!("no acknowledgement within {:?}", self.timeout), None),
+                CallError::Timeout => (
+                    ErrorKind::Timeout,
+                    format!("no acknowledgement within {:?}", self.timeout),
+                    None,
+                ),
                 CallError::Status(s) => {
                     let wait = s
                         .metadata()
@@ -167,17 +193,25 @@ impl GrpcTelemetry {
                     (classify(s), format!("{}: {}", s.code(), s.message()), wait)
                 }
             };
-            self.stats.error(kind, || format!("gRPC StreamTelemetry of {}: {detail}", self.vehicle_id));
+            self.stats.error(kind, || {
+                format!("gRPC StreamTelemetry of {}: {detail}", self.vehicle_id)
+            });
             match kind {
                 ErrorKind::Rejected => {
                     flow.failed.fetch_add(n, Relaxed);
-                    return Delivery { outcome: Outcome::Failed, backed_off };
+                    return Delivery {
+                        outcome: Outcome::Failed,
+                        backed_off,
+                    };
                 }
                 ErrorKind::Server => {
                     server_errors += 1;
                     if server_errors >= MAX_SERVER_ERRORS {
                         flow.failed.fetch_add(n, Relaxed);
-                        return Delivery { outcome: Outcome::Failed, backed_off };
+                        return Delivery {
+                            outcome: Outcome::Failed,
+                            backed_off,
+                        };
                     }
                 }
                 _ => {}
@@ -233,12 +267,32 @@ mod tests {
 
     #[test]
     fn statuses_map_to_error_kinds() {
-        assert_eq!(classify(&Status::unavailable("ingest is busy")), ErrorKind::Busy);
-        assert_eq!(classify(&Status::unavailable("error trying to connect: tcp connect error")), ErrorKind::Connection);
-        assert_eq!(classify(&Status::resource_exhausted("queue full")), ErrorKind::Busy);
-        assert_eq!(classify(&Status::unauthenticated("bad token")), ErrorKind::Rejected);
-        assert_eq!(classify(&Status::invalid_argument("bad point")), ErrorKind::Rejected);
-        assert_eq!(classify(&Status::deadline_exceeded("slow")), ErrorKind::Timeout);
+        assert_eq!(
+            classify(&Status::unavailable("ingest is busy")),
+            ErrorKind::Busy
+        );
+        assert_eq!(
+            classify(&Status::unavailable(
+                "error trying to connect: tcp connect error"
+            )),
+            ErrorKind::Connection
+        );
+        assert_eq!(
+            classify(&Status::resource_exhausted("queue full")),
+            ErrorKind::Busy
+        );
+        assert_eq!(
+            classify(&Status::unauthenticated("bad token")),
+            ErrorKind::Rejected
+        );
+        assert_eq!(
+            classify(&Status::invalid_argument("bad point")),
+            ErrorKind::Rejected
+        );
+        assert_eq!(
+            classify(&Status::deadline_exceeded("slow")),
+            ErrorKind::Timeout
+        );
         assert_eq!(classify(&Status::internal("bug")), ErrorKind::Server);
     }
 }

@@ -46,7 +46,12 @@ struct Accepted {
 }
 
 impl HttpClient {
-    pub fn new(base: &str, timeout: Duration, stats: Arc<Stats>, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         anyhow::ensure!(
             base.starts_with("http://") || base.starts_with("https://"),
@@ -58,7 +63,12 @@ impl HttpClient {
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .build()?;
-        Ok(Self { client, base, stats, shutdown })
+        Ok(Self {
+            client,
+            base,
+            stats,
+            shutdown,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -67,7 +77,15 @@ impl HttpClient {
 
     /// POSTs `body` until it is acknowledged, rejected, or the run stops.
     /// `items` is how many points/frames/detections the body carries.
-    pub async fn post(&self, url: &str, token: &str, content_type: &'static str, body: Bytes, items: u64, flow: &Flow) -> Delivery {
+    pub async fn post(
+        &self,
+        url: &str,
+        token: &str,
+        content_type: &'static str,
+        body: Bytes,
+        items: u64,
+        flow: &Flow,
+    ) -> Delivery {
         let mut backoff = Duration::from_millis(200);
         let mut backed_off = false;
         let mut server_errors = 0;
@@ -83,14 +101,29 @@ impl HttpClient {
             let wait = match res {
                 Ok(r) if r.status().is_success() => {
                     // The count ingest reports wins: it is what became durable.
-                    let n = r.json::<Accepted>().await.map(|a| a.accepted).unwrap_or(items);
-                    flow.acked.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    return Delivery { outcome: Outcome::Acked, backed_off };
+                    let n = r
+                        .json::<Accepted>()
+                        .await
+                        .map(|a| a.accepted)
+                        .unwrap_or(items);
+                    flow.acked
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    return Delivery {
+                        outcome: Outcome::Acked,
+                        backed_off,
+                    };
                 }
-                Ok(r) if matches!(r.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => {
+                Ok(r)
+                    if matches!(
+                        r.status(),
+                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+                    ) =>
+                {
                     let wait = retry_after(r.headers()).unwrap_or(backoff);
                     let status = r.status();
-                    self.stats.error(ErrorKind::Busy, || format!("{status} from {url}, retry after {wait:?}"));
+                    self.stats.error(ErrorKind::Busy, || {
+                        format!("{status} from {url}, retry after {wait:?}")
+                    });
                     wait
                 }
                 Ok(r) if r.status().is_client_error() => {
@@ -104,23 +137,38 @@ impl HttpClient {
                         };
                         format!("{status} from {url}: {}{hint}", truncate(&text, 300))
                     });
-                    flow.failed.fetch_add(items, std::sync::atomic::Ordering::Relaxed);
-                    return Delivery { outcome: Outcome::Failed, backed_off };
+                    flow.failed
+                        .fetch_add(items, std::sync::atomic::Ordering::Relaxed);
+                    return Delivery {
+                        outcome: Outcome::Failed,
+                        backed_off,
+                    };
                 }
                 Ok(r) => {
                     let status = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    self.stats.error(ErrorKind::Server, || format!("{status} from {url}: {}", truncate(&text, 300)));
+                    self.stats.error(ErrorKind::Server, || {
+                        format!("{status} from {url}: {}", truncate(&text, 300))
+                    });
                     server_errors += 1;
                     if server_errors >= MAX_SERVER_ERRORS {
-                        flow.failed.fetch_add(items, std::sync::atomic::Ordering::Relaxed);
-                        return Delivery { outcome: Outcome::Failed, backed_off };
+                        flow.failed
+                            .fetch_add(items, std::sync::atomic::Ordering::Relaxed);
+                        return Delivery {
+                            outcome: Outcome::Failed,
+                            backed_off,
+                        };
                     }
                     backoff
                 }
                 Err(e) => {
-                    let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connection };
-                    self.stats.error(kind, || format!("{url}: {}", error_chain(&e)));
+                    let kind = if e.is_timeout() {
+                        ErrorKind::Timeout
+                    } else {
+                        ErrorKind::Connection
+                    };
+                    self.stats
+                        .error(kind, || format!("{url}: {}", error_chain(&e)));
                     backoff
                 }
             };
@@ -169,14 +217,34 @@ pub struct HttpTelemetry {
 }
 
 impl HttpTelemetry {
-    pub fn new(http: Arc<HttpClient>, url: Arc<str>, vehicle_id: Arc<str>, token: Arc<str>) -> Self {
-        Self { http, url, vehicle_id, token, buf: Vec::with_capacity(4096) }
+    pub fn new(
+        http: Arc<HttpClient>,
+        url: Arc<str>,
+        vehicle_id: Arc<str>,
+        token: Arc<str>,
+    ) -> Self {
+        Self {
+            http,
+            url,
+            vehicle_id,
+            token,
+            buf: Vec::with_capacity(4096),
+        }
     }
 
     pub async fn send(&mut self, points: &[Point], flow: &Flow) -> Delivery {
         write_json_body(&self.vehicle_id, points, &mut self.buf);
         let body = Bytes::copy_from_slice(&self.buf);
-        self.http.post(&self.url, &self.token, "application/json", body, points.len() as u64, flow).await
+        self.http
+            .post(
+                &self.url,
+                &self.token,
+                "application/json",
+                body,
+                points.len() as u64,
+                flow,
+            )
+            .await
     }
 }
 
@@ -194,7 +262,10 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_millis(500)));
         h.insert(RETRY_AFTER, "3600".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
-        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), None);
     }
 

@@ -90,7 +90,10 @@ fn validate(a: &SimulateArgs) -> anyhow::Result<()> {
         problems.push("--stream-window must be > 0 seconds".into());
     }
     if !fleetwatch_db::valid_vehicle_id(&format!("{}-001", a.prefix)) {
-        problems.push(format!("--prefix {:?} does not make valid vehicle ids (letters, digits, '_', '.', ':', '-')", a.prefix));
+        problems.push(format!(
+            "--prefix {:?} does not make valid vehicle ids (letters, digits, '_', '.', ':', '-')",
+            a.prefix
+        ));
     }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
     Ok(())
@@ -99,7 +102,8 @@ fn validate(a: &SimulateArgs) -> anyhow::Result<()> {
 /// Cancelled on the first Ctrl-C / SIGTERM; a second one exits at once.
 fn stop_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         for i in 0..2 {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
@@ -122,7 +126,10 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let ids: Vec<String> = vehicles.iter().map(|v| v.id.to_string()).collect();
     let needs_tokens = args.protocol != Protocol::Mqtt || args.frames_fps > 0.0 || args.detections;
     let tokens: BTreeMap<String, String> = if args.register {
-        let specs: Vec<(String, &'static str)> = vehicles.iter().map(|v| (v.id.to_string(), v.kind.as_str())).collect();
+        let specs: Vec<(String, &'static str)> = vehicles
+            .iter()
+            .map(|v| (v.id.to_string(), v.kind.as_str()))
+            .collect();
         tokens::register(&g.database_url, &args.tokens_file, &specs).await?
     } else if needs_tokens {
         tokens::load_all(&args.tokens_file, &ids)?
@@ -142,7 +149,12 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
 
     let stats = Arc::new(Stats::default());
     let timeout = Duration::from_secs_f64(args.timeout);
-    let http = Arc::new(HttpClient::new(&args.ingest_url, timeout, stats.clone(), shutdown.clone())?);
+    let http = Arc::new(HttpClient::new(
+        &args.ingest_url,
+        timeout,
+        stats.clone(),
+        shutdown.clone(),
+    )?);
     let telemetry_url: Arc<str> = http.url("/api/v1/telemetry").into();
     let grpc_channel = match args.protocol {
         Protocol::Grpc => Some(grpc::channel(&args.grpc_url, timeout)?),
@@ -167,7 +179,11 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         describe_kinds(&vehicles),
         args.rate,
         args.batch,
-        if args.frames_fps > 0.0 { format!(", {} frames/s each", args.frames_fps) } else { String::new() },
+        if args.frames_fps > 0.0 {
+            format!(", {} frames/s each", args.frames_fps)
+        } else {
+            String::new()
+        },
     );
 
     let period = Duration::from_secs_f64(args.batch as f64 / args.rate);
@@ -178,7 +194,12 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         let sender = match args.protocol {
             Protocol::Http => {
                 let token = token.clone().context("missing token")?;
-                TelemetrySender::Http(HttpTelemetry::new(http.clone(), telemetry_url.clone(), v.id.clone(), token))
+                TelemetrySender::Http(HttpTelemetry::new(
+                    http.clone(),
+                    telemetry_url.clone(),
+                    v.id.clone(),
+                    token,
+                ))
             }
             Protocol::Grpc => TelemetrySender::Grpc(Box::new(grpc::GrpcTelemetry::new(
                 grpc_channel.clone().context("no gRPC channel")?,
@@ -197,17 +218,35 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
             )),
         };
         let track = Track::new(v.kind, args.center, v.seed);
-        tasks.spawn(telemetry_task(track, sender, period, spacing_us, args.batch, stats.clone(), shutdown.clone(), v.seed));
+        tasks.spawn(telemetry_task(
+            track,
+            sender,
+            period,
+            spacing_us,
+            args.batch,
+            stats.clone(),
+            shutdown.clone(),
+            v.seed,
+        ));
         if args.frames_fps > 0.0 || args.detections {
             let vision = Vision {
                 vehicle: v.clone(),
                 token: token.clone().context("missing token")?,
-                fps: if args.frames_fps > 0.0 { args.frames_fps } else { DETECTION_ONLY_FPS },
+                fps: if args.frames_fps > 0.0 {
+                    args.frames_fps
+                } else {
+                    DETECTION_ONLY_FPS
+                },
                 upload_frames: args.frames_fps > 0.0,
                 detections: args.detections,
                 size: args.frame_size,
             };
-            tasks.spawn(vision_task(vision, http.clone(), stats.clone(), shutdown.clone()));
+            tasks.spawn(vision_task(
+                vision,
+                http.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            ));
         }
     }
     while let Some(r) = tasks.join_next().await {
@@ -222,7 +261,13 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     done.cancel();
     let _ = progress.await;
-    Ok(summary(&stats, &vehicles, &args, &target, started.elapsed()))
+    Ok(summary(
+        &stats,
+        &vehicles,
+        &args,
+        &target,
+        started.elapsed(),
+    ))
 }
 
 fn describe_kinds(v: &[VehicleSpec]) -> String {
@@ -265,7 +310,8 @@ async fn telemetry_task(
 ) {
     // A random phase spreads the fleet's requests over the period.
     let phase = rand::rngs::StdRng::seed_from_u64(seed).gen_range(0.0..1.0);
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(phase), period);
+    let mut interval =
+        tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(phase), period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut stamps = Stamps::default();
     let mut times = Vec::with_capacity(batch);
@@ -276,12 +322,20 @@ async fn telemetry_task(
             _ = interval.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        stamps.next_batch(fleetwatch_common::now_unix_us(), batch, spacing_us, &mut times);
+        stamps.next_batch(
+            fleetwatch_common::now_unix_us(),
+            batch,
+            spacing_us,
+            &mut times,
+        );
         points.clear();
         for &t in &times {
             let dt = last.map_or(0.0, |l| (t - l) as f64 / 1e6);
             last = Some(t);
-            points.push(Point { time_us: t, sample: track.step(dt) });
+            points.push(Point {
+                time_us: t,
+                sample: track.step(dt),
+            });
         }
         stats.points.sent.fetch_add(points.len() as u64, Relaxed);
         let d = sender.send(&points, &stats).await;
@@ -307,12 +361,25 @@ struct Vision {
 
 /// Camera of one vehicle: renders frames, uploads them, and now and then
 /// reports a detection of the frame's moving object.
-async fn vision_task(v: Vision, http: Arc<HttpClient>, stats: Arc<Stats>, shutdown: CancellationToken) {
+async fn vision_task(
+    v: Vision,
+    http: Arc<HttpClient>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
     let id = v.vehicle.id.clone();
-    let scene = Arc::new(jpeg::Scene::new(v.vehicle.kind, v.size.0, v.size.1, v.vehicle.seed));
+    let scene = Arc::new(jpeg::Scene::new(
+        v.vehicle.kind,
+        v.size.0,
+        v.size.1,
+        v.vehicle.seed,
+    ));
     let mut rng = rand::rngs::StdRng::seed_from_u64(v.vehicle.seed ^ 0x5eed);
     let period = Duration::from_secs_f64(1.0 / v.fps);
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(rng.gen_range(0.0..1.0)), period);
+    let mut interval = tokio::time::interval_at(
+        tokio::time::Instant::now() + period.mul_f64(rng.gen_range(0.0..1.0)),
+        period,
+    );
     // Frames are best effort: a slow upload skips frames instead of bursting.
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let frames_url = http.url("/api/v1/frames");
@@ -330,11 +397,25 @@ async fn vision_task(v: Vision, http: Arc<HttpClient>, stats: Arc<Stats>, shutdo
         let t = time[0];
         let frame_id = format!("{id}-f{n:06}");
         let s = scene.clone();
-        let Ok(rendered) = tokio::task::spawn_blocking(move || s.render(n, t)).await else { break };
+        let Ok(rendered) = tokio::task::spawn_blocking(move || s.render(n, t)).await else {
+            break;
+        };
         if v.upload_frames {
             stats.frames.sent.fetch_add(1, Relaxed);
-            let url = format!("{frames_url}?timestamp={}&frame_id={frame_id}", point::Rfc3339(t));
-            let d = http.post(&url, &v.token, "image/jpeg", Bytes::from(rendered.jpeg), 1, &stats.frames).await;
+            let url = format!(
+                "{frames_url}?timestamp={}&frame_id={frame_id}",
+                point::Rfc3339(t)
+            );
+            let d = http
+                .post(
+                    &url,
+                    &v.token,
+                    "image/jpeg",
+                    Bytes::from(rendered.jpeg),
+                    1,
+                    &stats.frames,
+                )
+                .await;
             if d.outcome == Outcome::Cancelled {
                 break;
             }
@@ -349,7 +430,16 @@ async fn vision_task(v: Vision, http: Arc<HttpClient>, stats: Arc<Stats>, shutdo
             point::write_detection_json(&id, t, &frame_id, &det, &mut buf);
             stats.detections.sent.fetch_add(1, Relaxed);
             let body = Bytes::copy_from_slice(&buf);
-            let d = http.post(&detections_url, &v.token, "application/json", body, 1, &stats.detections).await;
+            let d = http
+                .post(
+                    &detections_url,
+                    &v.token,
+                    "application/json",
+                    body,
+                    1,
+                    &stats.detections,
+                )
+                .await;
             if d.outcome == Outcome::Cancelled {
                 break;
             }
@@ -361,14 +451,20 @@ async fn show_progress(stats: Arc<Stats>, done: CancellationToken) {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = ProgressBar::new_spinner();
-        if let Ok(style) = ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {msg}")
+        {
             b.set_style(style);
         }
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
     // Without a terminal (a log file), a line every 10 s is enough.
-    let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(10) };
+    let every = if tty {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
     let mut prev = stats::Snapshot::default();
     let mut at = Instant::now();
     loop {
@@ -389,7 +485,13 @@ async fn show_progress(stats: Arc<Stats>, done: CancellationToken) {
     }
 }
 
-fn summary(stats: &Stats, vehicles: &[VehicleSpec], args: &SimulateArgs, target: &str, elapsed: Duration) -> ExitCode {
+fn summary(
+    stats: &Stats,
+    vehicles: &[VehicleSpec],
+    args: &SimulateArgs,
+    target: &str,
+    elapsed: Duration,
+) -> ExitCode {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let protocol = match args.protocol {
         Protocol::Http => "HTTP",
@@ -403,7 +505,11 @@ fn summary(stats: &Stats, vehicles: &[VehicleSpec], args: &SimulateArgs, target:
     );
     let mut sent_total = 0;
     let mut acked_total = 0;
-    for (name, flow) in [("points", &stats.points), ("frames", &stats.frames), ("detections", &stats.detections)] {
+    for (name, flow) in [
+        ("points", &stats.points),
+        ("frames", &stats.frames),
+        ("detections", &stats.detections),
+    ] {
         let (sent, acked, failed) = flow.snapshot();
         if sent == 0 && name != "points" {
             continue;
@@ -416,13 +522,21 @@ fn summary(stats: &Stats, vehicles: &[VehicleSpec], args: &SimulateArgs, target:
             acked as f64 / secs
         );
     }
-    let errs: Vec<String> = stats.errors().iter().map(|(k, n)| format!("{} {n}", k.label())).collect();
+    let errs: Vec<String> = stats
+        .errors()
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.label()))
+        .collect();
     println!("  errors      {}", errs.join(", "));
     for (kind, msg) in stats.first_errors() {
         println!("  first {:<10} {msg}", kind.label());
     }
     if sent_total > 0 && acked_total == 0 {
-        let hint = if stats.errors().iter().any(|(k, n)| *k == ErrorKind::Connection && *n > 0) {
+        let hint = if stats
+            .errors()
+            .iter()
+            .any(|(k, n)| *k == ErrorKind::Connection && *n > 0)
+        {
             format!(": is ingest running at {target}?")
         } else {
             String::new()
@@ -441,9 +555,18 @@ mod tests {
     fn fleets_are_named_and_mixed() {
         let f = fleet("sim", 6, FleetKind::Mixed, 1);
         let ids: Vec<&str> = f.iter().map(|v| v.id.as_ref()).collect();
-        assert_eq!(ids, ["sim-001", "sim-002", "sim-003", "sim-004", "sim-005", "sim-006"]);
+        assert_eq!(
+            ids,
+            [
+                "sim-001", "sim-002", "sim-003", "sim-004", "sim-005", "sim-006"
+            ]
+        );
         assert_eq!(f.iter().filter(|v| v.kind == Kind::Vessel).count(), 2);
-        assert!(fleet("x", 3, FleetKind::Drone, 1).iter().all(|v| v.kind == Kind::Drone));
+        assert!(
+            fleet("x", 3, FleetKind::Drone, 1)
+                .iter()
+                .all(|v| v.kind == Kind::Drone)
+        );
         assert_ne!(f[0].seed, f[1].seed);
     }
 }

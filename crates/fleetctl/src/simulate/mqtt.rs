@@ -25,7 +25,9 @@ pub fn parse_addr(addr: &str) -> anyhow::Result<(String, u16)> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| anyhow::anyhow!("--mqtt {addr:?} must be host:port, e.g. 127.0.0.1:1883"))?;
-    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("--mqtt {addr:?}: bad port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--mqtt {addr:?}: bad port"))?;
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
@@ -35,7 +37,9 @@ impl Mqtt {
         let (host, port) = parse_addr(addr)?;
         let id = format!("fleetctl-sim-{:08x}", rand::random::<u32>());
         let mut opts = MqttOptions::new(id, host, port);
-        opts.set_keep_alive(Duration::from_secs(30)).set_inflight(500).set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_inflight(500)
+            .set_max_packet_size(1 << 20, 1 << 20);
         let (client, eventloop) = AsyncClient::new(opts, 10_000);
         let stop = CancellationToken::new();
         let task = tokio::spawn(drive(eventloop, stats, stop.clone(), addr.to_string()));
@@ -75,7 +79,9 @@ async fn drive(mut eventloop: EventLoop, stats: Arc<Stats>, stop: CancellationTo
             }
             Ok(_) => {}
             Err(e) => {
-                stats.error(ErrorKind::Connection, || format!("MQTT broker {addr}: {}", error_chain(&e)));
+                stats.error(ErrorKind::Connection, || {
+                    format!("MQTT broker {addr}: {}", error_chain(&e))
+                });
                 // The next poll reconnects and resends unacknowledged publishes.
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -97,7 +103,13 @@ pub struct MqttTelemetry {
 
 impl MqttTelemetry {
     pub fn new(client: AsyncClient, vehicle_id: Arc<str>, shutdown: CancellationToken) -> Self {
-        Self { client, topic: format!("fleet/{vehicle_id}/telemetry"), vehicle_id, shutdown, buf: Vec::with_capacity(512) }
+        Self {
+            client,
+            topic: format!("fleet/{vehicle_id}/telemetry"),
+            vehicle_id,
+            shutdown,
+            buf: Vec::with_capacity(512),
+        }
     }
 
     pub async fn send(&mut self, points: &[Point], stats: &Stats) -> Delivery {
@@ -105,7 +117,12 @@ impl MqttTelemetry {
             self.buf.clear();
             p.write_json(&self.vehicle_id, &mut self.buf);
             // Waits when the client's queue is full: MQTT back-pressure slows the vehicle down.
-            let publish = self.client.publish(self.topic.as_str(), QoS::AtLeastOnce, false, self.buf.as_slice());
+            let publish = self.client.publish(
+                self.topic.as_str(),
+                QoS::AtLeastOnce,
+                false,
+                self.buf.as_slice(),
+            );
             tokio::select! {
                 r = publish => if let Err(e) = r {
                     stats.error(ErrorKind::Connection, || format!("MQTT publish: {e}"));
@@ -114,7 +131,10 @@ impl MqttTelemetry {
                 _ = self.shutdown.cancelled() => return Delivery { outcome: Outcome::Cancelled, backed_off: false },
             }
         }
-        Delivery { outcome: Outcome::Acked, backed_off: false }
+        Delivery {
+            outcome: Outcome::Acked,
+            backed_off: false,
+        }
     }
 }
 
@@ -124,7 +144,10 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(parse_addr("127.0.0.1:1883").unwrap(), ("127.0.0.1".to_string(), 1883));
+        assert_eq!(
+            parse_addr("127.0.0.1:1883").unwrap(),
+            ("127.0.0.1".to_string(), 1883)
+        );
         assert_eq!(parse_addr("[::1]:1884").unwrap(), ("::1".to_string(), 1884));
         assert!(parse_addr("localhost").is_err());
         assert!(parse_addr("h:x").is_err());

@@ -141,7 +141,13 @@ pub struct Detection<'a> {
 }
 
 /// Writes the seed 001 detection message for one frame.
-pub fn write_detection_json(vehicle_id: &str, time_us: i64, frame_id: &str, det: &Detection<'_>, out: &mut Vec<u8>) {
+pub fn write_detection_json(
+    vehicle_id: &str,
+    time_us: i64,
+    frame_id: &str,
+    det: &Detection<'_>,
+    out: &mut Vec<u8>,
+) {
     #[derive(Serialize)]
     struct Msg<'a> {
         vehicle_id: &'a str,
@@ -150,7 +156,12 @@ pub fn write_detection_json(vehicle_id: &str, time_us: i64, frame_id: &str, det:
         frame_id: &'a str,
     }
     out.clear();
-    let msg = Msg { vehicle_id, timestamp: Rfc3339(time_us), detections: [det], frame_id };
+    let msg = Msg {
+        vehicle_id,
+        timestamp: Rfc3339(time_us),
+        detections: [det],
+        frame_id,
+    };
     let _ = serde_json::to_writer(&mut *out, &msg);
 }
 
@@ -159,13 +170,27 @@ mod tests {
     use super::*;
 
     fn sample() -> Sample {
-        Sample { lat: 59.123456789, lon: 24.5, alt: 100.0, speed: 12.345, heading: 90.04, battery: 88.0, rssi: -60.5 }
+        Sample {
+            lat: 59.123456789,
+            lon: 24.5,
+            alt: 100.0,
+            speed: 12.345,
+            heading: 90.04,
+            battery: 88.0,
+            rssi: -60.5,
+        }
     }
 
     #[test]
     fn timestamps_are_rfc3339_with_micros() {
-        assert_eq!(Rfc3339(1_758_705_015_000_042).to_string(), "2025-09-24T09:10:15.000042Z");
-        let p = Point { time_us: 1_758_705_015_123_456, sample: sample() };
+        assert_eq!(
+            Rfc3339(1_758_705_015_000_042).to_string(),
+            "2025-09-24T09:10:15.000042Z"
+        );
+        let p = Point {
+            time_us: 1_758_705_015_123_456,
+            sample: sample(),
+        };
         let mut buf = Vec::new();
         write_json_body("d-1", &[p], &mut buf);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
@@ -173,13 +198,17 @@ mod tests {
         assert_eq!(v["timestamp"], "2025-09-24T09:10:15.123456Z");
         assert_eq!(v["lat"], 59.1234568);
         assert_eq!(v["rssi"], -60.5);
-        let parsed = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
+        let parsed =
+            chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
         assert_eq!(parsed.timestamp_micros(), p.time_us);
     }
 
     #[test]
     fn batches_are_arrays() {
-        let p = Point { time_us: 1, sample: sample() };
+        let p = Point {
+            time_us: 1,
+            sample: sample(),
+        };
         let mut buf = vec![b'x'];
         write_json_body("d", &[p, Point { time_us: 2, ..p }], &mut buf);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
@@ -194,10 +223,16 @@ mod tests {
         let mut out = Vec::new();
         // Batches of 10 at 1 kHz sent every 10 ms, then a clock that stalls
         // and even steps back: times must still increase.
-        for (i, now) in [10_000i64, 20_000, 30_000, 30_000, 25_000, 40_000].into_iter().enumerate() {
+        for (i, now) in [10_000i64, 20_000, 30_000, 30_000, 25_000, 40_000]
+            .into_iter()
+            .enumerate()
+        {
             s.next_batch(now, 10, 1_000, &mut out);
             assert_eq!(out.len(), 10);
-            assert!(*out.last().unwrap() <= now.max(all.last().copied().unwrap_or(0) + 10), "batch {i}");
+            assert!(
+                *out.last().unwrap() <= now.max(all.last().copied().unwrap_or(0) + 10),
+                "batch {i}"
+            );
             all.extend_from_slice(&out);
         }
         assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
@@ -207,7 +242,12 @@ mod tests {
     #[test]
     fn detection_message_follows_seed_001() {
         let mut buf = Vec::new();
-        let det = Detection { class: "person", conf: 0.9, bbox: [0.1, 0.2, 0.3, 0.4], track_id: "t1" };
+        let det = Detection {
+            class: "person",
+            conf: 0.9,
+            bbox: [0.1, 0.2, 0.3, 0.4],
+            track_id: "t1",
+        };
         write_detection_json("d", 0, "f-1", &det, &mut buf);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["detections"][0]["class"], "person");
@@ -218,7 +258,11 @@ mod tests {
 
     #[test]
     fn proto_points_keep_the_values() {
-        let p = Point { time_us: 42, sample: sample() }.to_proto("v");
+        let p = Point {
+            time_us: 42,
+            sample: sample(),
+        }
+        .to_proto("v");
         assert_eq!(p.time_unix_us, 42);
         assert_eq!(p.lat, Some(59.123456789));
         assert_eq!(p.metrics["rssi"], -60.5);

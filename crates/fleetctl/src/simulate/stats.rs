@@ -28,7 +28,13 @@ impl ErrorKind {
         }
     }
 
-    const ALL: [ErrorKind; 5] = [Self::Rejected, Self::Busy, Self::Server, Self::Timeout, Self::Connection];
+    const ALL: [ErrorKind; 5] = [
+        Self::Rejected,
+        Self::Busy,
+        Self::Server,
+        Self::Timeout,
+        Self::Connection,
+    ];
 }
 
 /// Counts of one kind of item (points, frames, detections).
@@ -44,7 +50,11 @@ pub struct Flow {
 
 impl Flow {
     pub fn snapshot(&self) -> (u64, u64, u64) {
-        (self.sent.load(Relaxed), self.acked.load(Relaxed), self.failed.load(Relaxed))
+        (
+            self.sent.load(Relaxed),
+            self.acked.load(Relaxed),
+            self.failed.load(Relaxed),
+        )
     }
 }
 
@@ -68,7 +78,11 @@ impl Stats {
     }
 
     pub fn errors(&self) -> Vec<(ErrorKind, u64)> {
-        ErrorKind::ALL.iter().zip(&self.errors).map(|(k, c)| (*k, c.load(Relaxed))).collect()
+        ErrorKind::ALL
+            .iter()
+            .zip(&self.errors)
+            .map(|(k, c)| (*k, c.load(Relaxed)))
+            .collect()
     }
 
     pub fn total_errors(&self) -> u64 {
@@ -76,13 +90,22 @@ impl Stats {
     }
 
     pub fn first_errors(&self) -> Vec<(ErrorKind, String)> {
-        self.first_error.lock().map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect()).unwrap_or_default()
+        self.first_error
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// One line for the progress display, with rates over `secs` since `prev`.
     pub fn progress_line(&self, prev: &Snapshot, secs: f64) -> (String, Snapshot) {
         let now = Snapshot::of(self);
-        let rate = |a: u64, b: u64| if secs > 0.0 { (a.saturating_sub(b)) as f64 / secs } else { 0.0 };
+        let rate = |a: u64, b: u64| {
+            if secs > 0.0 {
+                (a.saturating_sub(b)) as f64 / secs
+            } else {
+                0.0
+            }
+        };
         let mut line = format!(
             "points sent {} ({:.0}/s) acked {} ({:.0}/s)",
             now.points.0,
@@ -94,10 +117,17 @@ impl Stats {
             line.push_str(&format!(" | frames {}/{}", now.frames.1, now.frames.0));
         }
         if now.detections.0 > 0 {
-            line.push_str(&format!(" | detections {}/{}", now.detections.1, now.detections.0));
+            line.push_str(&format!(
+                " | detections {}/{}",
+                now.detections.1, now.detections.0
+            ));
         }
-        let errs: Vec<String> =
-            self.errors().iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{} {n}", k.label())).collect();
+        let errs: Vec<String> = self
+            .errors()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{} {n}", k.label()))
+            .collect();
         if errs.is_empty() {
             line.push_str(" | no errors");
         } else {
@@ -116,7 +146,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn of(s: &Stats) -> Self {
-        Self { points: s.points.snapshot(), frames: s.frames.snapshot(), detections: s.detections.snapshot() }
+        Self {
+            points: s.points.snapshot(),
+            frames: s.frames.snapshot(),
+            detections: s.detections.snapshot(),
+        }
     }
 }
 
@@ -133,10 +167,19 @@ mod tests {
         assert_eq!(s.total_errors(), 3);
         let e = s.errors();
         assert_eq!(e.iter().find(|(k, _)| *k == ErrorKind::Busy).unwrap().1, 2);
-        assert_eq!(s.first_errors(), vec![(ErrorKind::Rejected, "401".into()), (ErrorKind::Busy, "503 one".into())]);
+        assert_eq!(
+            s.first_errors(),
+            vec![
+                (ErrorKind::Rejected, "401".into()),
+                (ErrorKind::Busy, "503 one".into())
+            ]
+        );
         s.points.sent.fetch_add(10, Relaxed);
         let (line, snap) = s.progress_line(&Snapshot::default(), 2.0);
-        assert!(line.contains("points sent 10 (5/s)") && line.contains("503 2"), "{line}");
+        assert!(
+            line.contains("points sent 10 (5/s)") && line.contains("503 2"),
+            "{line}"
+        );
         assert_eq!(snap.points.0, 10);
     }
 }

@@ -20,8 +20,12 @@ pub struct TokenFile {
 impl TokenFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(s) => serde_json::from_str(&s)
-                .with_context(|| format!("{} is not a token file: fix or delete it, then rerun with --register", path.display())),
+            Ok(s) => serde_json::from_str(&s).with_context(|| {
+                format!(
+                    "{} is not a token file: fix or delete it, then rerun with --register",
+                    path.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -30,7 +34,8 @@ impl TokenFile {
     /// Writes atomically, readable only by the owner (the file holds credentials).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self)?;
@@ -40,7 +45,9 @@ impl TokenFile {
             opts.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+            let mut f = opts
+                .open(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
         }
@@ -73,9 +80,13 @@ pub async fn register(
             Err(DbError::VehicleExists(_)) => {
                 // Registered before, but this file has no working token for it.
                 rotated += 1;
-                let t = fleetwatch_db::rotate_token(&pool, id).await?.context("vehicle vanished while rotating its token")?;
+                let t = fleetwatch_db::rotate_token(&pool, id)
+                    .await?
+                    .context("vehicle vanished while rotating its token")?;
                 if !fleetwatch_db::vehicle_exists(&pool, id).await? {
-                    eprintln!("warning: {id} is disabled; enable it with `fleetctl vehicles enable {id}`");
+                    eprintln!(
+                        "warning: {id} is disabled; enable it with `fleetctl vehicles enable {id}`"
+                    );
                 }
                 t
             }
@@ -85,14 +96,21 @@ pub async fn register(
     }
     pool.close().await;
     file.save(path)?;
-    eprintln!("vehicles: {added} registered, {rotated} given new tokens, {reused} reused from {}", path.display());
+    eprintln!(
+        "vehicles: {added} registered, {rotated} given new tokens, {reused} reused from {}",
+        path.display()
+    );
     Ok(file.vehicles)
 }
 
 /// Tokens from the file; every vehicle must have one.
 pub fn load_all(path: &Path, ids: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let file = TokenFile::load(path)?;
-    let missing: Vec<&str> = ids.iter().filter(|id| !file.vehicles.contains_key(*id)).map(String::as_str).collect();
+    let missing: Vec<&str> = ids
+        .iter()
+        .filter(|id| !file.vehicles.contains_key(*id))
+        .map(String::as_str)
+        .collect();
     if !missing.is_empty() {
         anyhow::bail!(
             "no token for {} in {}: run with --register (needs the database) to register them",
@@ -127,14 +145,25 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let ids = vec!["sim-001".to_string()];
         assert_eq!(load_all(&path, &ids).unwrap()["sim-001"], "fw_a");
         let ids: Vec<String> = (1..=5).map(|i| format!("sim-{i:03}")).collect();
         let e = load_all(&path, &ids).unwrap_err().to_string();
-        assert!(e.contains("sim-002 .. sim-005 (4 vehicles)") && e.contains("--register"), "{e}");
+        assert!(
+            e.contains("sim-002 .. sim-005 (4 vehicles)") && e.contains("--register"),
+            "{e}"
+        );
         std::fs::write(&path, "not json").unwrap();
-        assert!(load_all(&path, &ids).unwrap_err().to_string().contains("not a token file"));
+        assert!(
+            load_all(&path, &ids)
+                .unwrap_err()
+                .to_string()
+                .contains("not a token file")
+        );
     }
 }

@@ -101,12 +101,16 @@ impl Track {
             Kind::Drone => (1_500.0, rng.gen_range(300.0..800.0)),
             Kind::Vessel => (3_000.0, rng.gen_range(1_000.0..2_500.0)),
         };
-        let home = (rng.gen_range(-home_spread..home_spread), rng.gen_range(-home_spread..home_spread));
+        let home = (
+            rng.gen_range(-home_spread..home_spread),
+            rng.gen_range(-home_spread..home_spread),
+        );
         let n = rng.gen_range(4..=6);
         let phase = rng.gen_range(0.0..std::f64::consts::TAU);
         let waypoints: Vec<(f64, f64, f64)> = (0..n)
             .map(|i| {
-                let a = phase + std::f64::consts::TAU * i as f64 / n as f64 + rng.gen_range(-0.3..0.3);
+                let a =
+                    phase + std::f64::consts::TAU * i as f64 / n as f64 + rng.gen_range(-0.3..0.3);
                 let r = loop_radius * rng.gen_range(0.7..1.3);
                 let alt = match kind {
                     Kind::Drone => rng.gen_range(40.0..150.0),
@@ -183,7 +187,8 @@ impl Track {
 
         // Ease off in sharp turns, as a pilot (or autopilot) would.
         let turn_factor = 0.85 + 0.15 * diff.abs().min(90.0).to_radians().cos();
-        let target = (self.cruise * turn_factor).clamp(self.limits.min_speed, self.limits.max_speed);
+        let target =
+            (self.cruise * turn_factor).clamp(self.limits.min_speed, self.limits.max_speed);
         let dv = (target - self.speed).clamp(-self.limits.accel * dt, self.limits.accel * dt);
         self.speed = (self.speed + dv).clamp(self.limits.min_speed, self.limits.max_speed);
 
@@ -194,7 +199,8 @@ impl Track {
         let dz = (talt - self.alt).clamp(-self.limits.climb_rate * dt, self.limits.climb_rate * dt);
         self.alt += dz;
 
-        self.battery -= self.limits.drain_per_s * dt * (self.speed / self.limits.max_speed).max(0.5);
+        self.battery -=
+            self.limits.drain_per_s * dt * (self.speed / self.limits.max_speed).max(0.5);
         if self.battery < 15.0 {
             // A battery swap: long simulations keep flying.
             self.battery = 100.0;
@@ -219,7 +225,12 @@ fn wrap_lon(lon: f64) -> f64 {
 
 /// Great-circle distance in metres and initial bearing in degrees between two positions.
 pub fn distance_bearing(a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
-    let (la1, lo1, la2, lo2) = (a.0.to_radians(), a.1.to_radians(), b.0.to_radians(), b.1.to_radians());
+    let (la1, lo1, la2, lo2) = (
+        a.0.to_radians(),
+        a.1.to_radians(),
+        b.0.to_radians(),
+        b.1.to_radians(),
+    );
     let dlat = la2 - la1;
     let dlon = lo2 - lo1;
     let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
@@ -243,8 +254,15 @@ mod tests {
         let mut battery_drops = 0;
         for i in 0..steps {
             let s = t.step(dt);
-            assert!((-90.0..=90.0).contains(&s.lat) && (-180.0..=180.0).contains(&s.lon), "{s:?}");
-            assert!((min_v..=max_v).contains(&s.speed), "{kind:?} speed {} at step {i}", s.speed);
+            assert!(
+                (-90.0..=90.0).contains(&s.lat) && (-180.0..=180.0).contains(&s.lon),
+                "{s:?}"
+            );
+            assert!(
+                (min_v..=max_v).contains(&s.speed),
+                "{kind:?} speed {} at step {i}",
+                s.speed
+            );
             assert!((0.0..360.0).contains(&s.heading), "{s:?}");
             assert!((0.0..=100.0).contains(&s.battery), "{s:?}");
             match kind {
@@ -255,15 +273,29 @@ mod tests {
             // Distance covered matches the speeds reported (between the two samples).
             let lo = prev.speed.min(s.speed) * dt * 0.9;
             let hi = prev.speed.max(s.speed) * dt * 1.1;
-            assert!((lo..=hi).contains(&dist), "{kind:?} moved {dist} m in {dt} s at {} m/s", s.speed);
+            assert!(
+                (lo..=hi).contains(&dist),
+                "{kind:?} moved {dist} m in {dt} s at {} m/s",
+                s.speed
+            );
             // The direction of motion agrees with the headings reported, within the turn made.
             let turn = angle_diff(s.heading, prev.heading).abs();
-            let off = angle_diff(bearing, s.heading).abs().min(angle_diff(bearing, prev.heading).abs());
-            assert!(off <= turn + 1.0, "{kind:?} moved towards {bearing}, heading {} -> {}", prev.heading, s.heading);
+            let off = angle_diff(bearing, s.heading)
+                .abs()
+                .min(angle_diff(bearing, prev.heading).abs());
+            assert!(
+                off <= turn + 1.0,
+                "{kind:?} moved towards {bearing}, heading {} -> {}",
+                prev.heading,
+                s.heading
+            );
             if s.battery < prev.battery {
                 battery_drops += 1;
             } else {
-                assert!(s.battery == 100.0 || s.battery == prev.battery, "battery rose {prev:?} -> {s:?}");
+                assert!(
+                    s.battery == 100.0 || s.battery == prev.battery,
+                    "battery rose {prev:?} -> {s:?}"
+                );
             }
             prev = s;
         }
@@ -299,7 +331,11 @@ mod tests {
         // A loop visits every direction.
         for quadrant in 0..4 {
             let lo = quadrant as f64 * 90.0;
-            assert!(headings.iter().any(|h| (lo..lo + 90.0).contains(h)), "never headed into {lo}..{}", lo + 90.0);
+            assert!(
+                headings.iter().any(|h| (lo..lo + 90.0).contains(h)),
+                "never headed into {lo}..{}",
+                lo + 90.0
+            );
         }
         assert_ne!(start, t.sample());
     }

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 /// Runs `fleetctl args...` with the given env and returns its output.
 pub async fn fleetctl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(fleetwatch_testkit::binary("fleetctl"));
-    cmd.args(args).env_remove("FLEETWATCH_DATABASE_URL").env_remove("FLEETWATCH_KAFKA_BOOTSTRAP");
+    cmd.args(args)
+        .env_remove("FLEETWATCH_DATABASE_URL")
+        .env_remove("FLEETWATCH_KAFKA_BOOTSTRAP");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -32,12 +34,21 @@ pub fn stderr(o: &Output) -> String {
 
 /// The last non-empty line of stdout.
 pub fn last_line(o: &Output) -> String {
-    stdout(o).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_string()
+    stdout(o)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn write_tokens(path: &Path, tokens: &[(&str, &str)]) {
     let vehicles: BTreeMap<&str, &str> = tokens.iter().copied().collect();
-    std::fs::write(path, serde_json::to_string(&serde_json::json!({ "vehicles": vehicles })).unwrap()).unwrap();
+    std::fs::write(
+        path,
+        serde_json::to_string(&serde_json::json!({ "vehicles": vehicles })).unwrap(),
+    )
+    .unwrap();
 }
 
 /// One request the fake ingest saw, and what it answered.
@@ -76,7 +87,10 @@ pub struct FakeIngest {
 impl FakeIngest {
     pub async fn start(mode: Mode) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let state = FakeState { mode, seen: seen.clone() };
+        let state = FakeState {
+            mode,
+            seen: seen.clone(),
+        };
         let app = axum::Router::new().fallback(handle).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -94,10 +108,19 @@ impl FakeIngest {
 }
 
 async fn handle(State(s): State<FakeState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
     let path = uri.path().to_string();
     let mut seen = s.seen.lock().unwrap();
-    let telemetry_before = seen.iter().filter(|r| r.path == "/api/v1/telemetry").count();
+    let telemetry_before = seen
+        .iter()
+        .filter(|r| r.path == "/api/v1/telemetry")
+        .count();
     let items = if path == "/api/v1/telemetry" {
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(serde_json::Value::Array(a)) => a.len(),

@@ -41,7 +41,10 @@ pub fn base_config(db: &TestDb, bootstrap: &str, topics: &TopicNames, suffix: &s
     c.mqtt.port = port;
     c.mqtt.client_id = format!("ingest-{suffix}");
     c.mqtt.telemetry_filters = vec![format!("{suffix}/fleet/+/telemetry")];
-    c.mqtt.detection_filters = vec![format!("{suffix}/fleet/+/detections"), format!("{suffix}/drone/+/detections")];
+    c.mqtt.detection_filters = vec![
+        format!("{suffix}/fleet/+/detections"),
+        format!("{suffix}/drone/+/detections"),
+    ];
     // Nothing listens there: /api/latest must answer 503.
     c.persistence.grpc_url = format!("http://127.0.0.1:{}", fleetwatch_testkit::free_port());
     c.persistence.timeout_ms = 1_000;
@@ -62,19 +65,38 @@ impl Harness {
         let db = TestDb::new().await;
         let topics = fleetwatch_testkit::fresh_topics(&bootstrap, 1).await;
         let suffix = fleetwatch_testkit::unique_suffix();
-        let token = fleetwatch_db::add_vehicle(&db.pool, VEHICLE, "drone", None).await.unwrap();
+        let token = fleetwatch_db::add_vehicle(&db.pool, VEHICLE, "drone", None)
+            .await
+            .unwrap();
         let mut config = base_config(&db, &bootstrap, &topics, &suffix);
         tweak(&mut config);
         let shutdown = Shutdown::new();
-        let running = fleetwatch_ingest::start(config.clone(), shutdown.clone()).await.unwrap();
-        Self { db, bootstrap, topics, token, running, shutdown, config, http: reqwest::Client::new(), suffix }
+        let running = fleetwatch_ingest::start(config.clone(), shutdown.clone())
+            .await
+            .unwrap();
+        Self {
+            db,
+            bootstrap,
+            topics,
+            token,
+            running,
+            shutdown,
+            config,
+            http: reqwest::Client::new(),
+            suffix,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.http_addr)
     }
 
-    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         self.http
             .post(self.url(path))
             .bearer_auth(&self.token)
@@ -100,14 +122,22 @@ impl Harness {
     }
 
     pub async fn assert_nothing_produced(&self) {
-        for t in [&self.topics.telemetry, &self.topics.frames, &self.topics.detections] {
+        for t in [
+            &self.topics.telemetry,
+            &self.topics.frames,
+            &self.topics.detections,
+        ] {
             assert_eq!(self.count(t).await, 0, "{t} must stay empty");
         }
     }
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.running.handle).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.running.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -117,10 +147,21 @@ pub async fn count_records(bootstrap: &str, topic: &str) -> i64 {
     let bootstrap = bootstrap.to_string();
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let md = c
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
         let partitions = md.topics()[0].partitions().len() as i32;
-        (0..partitions).map(|p| c.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1).sum()
+        (0..partitions)
+            .map(|p| {
+                c.fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .sum()
     })
     .await
     .unwrap()
@@ -130,7 +171,9 @@ pub async fn count_records(bootstrap: &str, topic: &str) -> i64 {
 pub fn jpeg(w: u32, h: u32) -> Vec<u8> {
     let mut out = Vec::new();
     let pixels = vec![90u8; (w * h * 3) as usize];
-    image::codecs::jpeg::JpegEncoder::new(&mut out).encode(&pixels, w, h, image::ExtendedColorType::Rgb8).unwrap();
+    image::codecs::jpeg::JpegEncoder::new(&mut out)
+        .encode(&pixels, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
     out
 }
 
@@ -146,7 +189,11 @@ pub async fn json(resp: reqwest::Response) -> serde_json::Value {
 pub fn error_fields(body: &serde_json::Value) -> Vec<String> {
     body["error"]["details"]
         .as_array()
-        .map(|a| a.iter().map(|d| d["field"].as_str().unwrap_or_default().to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|d| d["field"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -158,8 +205,15 @@ impl Harness {
     /// Waits until the bridge's subscriptions are granted (publishing before
     /// that would go nowhere).
     pub async fn wait_mqtt_subscribed(&self) {
-        let mut rx = self.running.mqtt_subscribed.clone().expect("mqtt bridge enabled");
-        tokio::time::timeout(READ_TIMEOUT, rx.wait_for(|n| *n > 0)).await.expect("mqtt subscription").unwrap();
+        let mut rx = self
+            .running
+            .mqtt_subscribed
+            .clone()
+            .expect("mqtt bridge enabled");
+        tokio::time::timeout(READ_TIMEOUT, rx.wait_for(|n| *n > 0))
+            .await
+            .expect("mqtt subscription")
+            .unwrap();
     }
 }
 
@@ -172,7 +226,11 @@ pub struct MqttPublisher {
 impl MqttPublisher {
     pub async fn connect() -> Self {
         let (host, port) = fleetwatch_testkit::mqtt_addr();
-        let mut o = rumqttc::MqttOptions::new(format!("pub-{}", fleetwatch_testkit::unique_suffix()), host, port);
+        let mut o = rumqttc::MqttOptions::new(
+            format!("pub-{}", fleetwatch_testkit::unique_suffix()),
+            host,
+            port,
+        );
         o.set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 100);
         let task = tokio::spawn(async move {
@@ -186,7 +244,10 @@ impl MqttPublisher {
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
     }
 }
 

@@ -10,14 +10,26 @@ use fleetwatch_persistence::{Config, Running};
 use fleetwatch_proto::message_types;
 use fleetwatch_proto::v1::persistence_query_client::PersistenceQueryClient;
 use fleetwatch_proto::v1::{DetectionBatch, Frame, TelemetryBatch, TelemetryPoint};
-use fleetwatch_testkit::{TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix, wait_for};
+use fleetwatch_testkit::{
+    TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix, wait_for,
+};
 use prost::Message;
 use tonic::transport::Channel;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
-pub fn config(bootstrap: &str, topics: &TopicNames, db: fleetwatch_db::DbConfig, objects: &std::path::Path) -> Config {
-    let mut c = Config { kafka: kafka_config(bootstrap, ""), topics: topics.clone(), database: db, ..Default::default() };
+pub fn config(
+    bootstrap: &str,
+    topics: &TopicNames,
+    db: fleetwatch_db::DbConfig,
+    objects: &std::path::Path,
+) -> Config {
+    let mut c = Config {
+        kafka: kafka_config(bootstrap, ""),
+        topics: topics.clone(),
+        database: db,
+        ..Default::default()
+    };
     c.object_store.url = format!("file://{}", objects.display());
     c.grpc.listen = "127.0.0.1:0".parse().unwrap();
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
@@ -50,36 +62,77 @@ impl Harness {
         let mut config = config(&bootstrap, &topics, db.db_config(), objects.path());
         tweak(&mut config, &db);
         let shutdown = Shutdown::new();
-        let running = fleetwatch_persistence::start(config.clone(), shutdown.clone()).await.unwrap();
+        let running = fleetwatch_persistence::start(config.clone(), shutdown.clone())
+            .await
+            .unwrap();
         let producer = Producer::new(&kafka_config(&bootstrap, ""), "persistence-test").unwrap();
-        Self { bootstrap, topics, db, objects, shutdown, running, producer, config }
+        Self {
+            bootstrap,
+            topics,
+            db,
+            objects,
+            shutdown,
+            running,
+            producer,
+            config,
+        }
     }
 
     pub async fn send(&self, topic: &str, key: &str, payload: &[u8], message_type: &str) {
         self.producer
-            .send(OutRecord { topic, key, payload, message_type, traceparent: None, extra_headers: &[] })
+            .send(OutRecord {
+                topic,
+                key,
+                payload,
+                message_type,
+                traceparent: None,
+                extra_headers: &[],
+            })
             .await
             .unwrap();
     }
 
     pub async fn send_telemetry(&self, b: &TelemetryBatch) {
-        self.send(&self.topics.telemetry, &b.vehicle_id, &b.encode_to_vec(), message_types::TELEMETRY_BATCH).await;
+        self.send(
+            &self.topics.telemetry,
+            &b.vehicle_id,
+            &b.encode_to_vec(),
+            message_types::TELEMETRY_BATCH,
+        )
+        .await;
     }
 
     pub async fn send_detections(&self, b: &DetectionBatch) {
-        self.send(&self.topics.detections, &b.vehicle_id, &b.encode_to_vec(), message_types::DETECTION_BATCH).await;
+        self.send(
+            &self.topics.detections,
+            &b.vehicle_id,
+            &b.encode_to_vec(),
+            message_types::DETECTION_BATCH,
+        )
+        .await;
     }
 
     pub async fn send_frame(&self, f: &Frame) {
-        self.send(&self.topics.frames, &f.vehicle_id, &f.encode_to_vec(), message_types::FRAME).await;
+        self.send(
+            &self.topics.frames,
+            &f.vehicle_id,
+            &f.encode_to_vec(),
+            message_types::FRAME,
+        )
+        .await;
     }
 
     pub async fn client(&self) -> PersistenceQueryClient<Channel> {
-        PersistenceQueryClient::connect(format!("http://{}", self.running.grpc_addr)).await.unwrap()
+        PersistenceQueryClient::connect(format!("http://{}", self.running.grpc_addr))
+            .await
+            .unwrap()
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.db.pool).await.unwrap()
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
     }
 
     /// Waits until `sql` (a count) returns `n`.
@@ -96,7 +149,12 @@ impl Harness {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.running.admin_addr)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("http://{}/metrics", self.running.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn group(&self, suffix: &str) -> String {
@@ -105,7 +163,11 @@ impl Harness {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.running.handle).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.running.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -123,7 +185,10 @@ pub fn time_ago(secs_ago: i64) -> i64 {
 }
 
 pub fn point(t: i64) -> TelemetryPoint {
-    TelemetryPoint { time_unix_us: t, ..Default::default() }
+    TelemetryPoint {
+        time_unix_us: t,
+        ..Default::default()
+    }
 }
 
 pub fn batch(vehicle: &str, points: Vec<TelemetryPoint>) -> TelemetryBatch {
