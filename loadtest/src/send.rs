@@ -13,15 +13,22 @@ use bytes::Bytes;
 use fleetwatch_proto::v1::ingest_service_client::IngestServiceClient;
 use fleetwatch_proto::v1::{IngestAck, TelemetryChunk};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+
+// Error classification and parsing are the simulator's: one definition of
+// what counts as back-pressure, a connection error or a refused request.
+use fleetctl::simulate::grpc::classify;
+pub use fleetctl::simulate::http::error_chain;
+use fleetctl::simulate::http::retry_after;
+pub use fleetctl::simulate::mqtt::parse_addr;
 
 use crate::points::{BodyFormat, Pt, to_proto, write_body};
 use crate::stats::{Counters, ErrorKind};
@@ -46,23 +53,6 @@ impl Ctx {
             _ = self.abort.cancelled() => false,
         }
     }
-}
-
-/// An error with its causes (reqwest's Display hides them).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: f64 = h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(60.0)))
 }
 
 pub enum Sender {
@@ -229,32 +219,6 @@ pub struct GrpcSender {
     ctx: Ctx,
 }
 
-fn classify(s: &Status) -> ErrorKind {
-    match s.code() {
-        Code::Unavailable => {
-            // tonic reports refused or broken connections as UNAVAILABLE too.
-            let m = s.message().to_ascii_lowercase();
-            if m.contains("transport") || m.contains("connect") || m.contains("broken pipe") {
-                ErrorKind::Connection
-            } else {
-                ErrorKind::Busy
-            }
-        }
-        Code::ResourceExhausted => ErrorKind::Busy,
-        Code::DeadlineExceeded => ErrorKind::Timeout,
-        Code::Cancelled => ErrorKind::Connection,
-        Code::Unauthenticated
-        | Code::PermissionDenied
-        | Code::InvalidArgument
-        | Code::NotFound
-        | Code::FailedPrecondition
-        | Code::OutOfRange
-        | Code::AlreadyExists
-        | Code::Unimplemented => ErrorKind::Rejected,
-        _ => ErrorKind::Server,
-    }
-}
-
 impl GrpcSender {
     pub fn new(
         channel: Channel,
@@ -417,16 +381,6 @@ pub struct MqttConn {
     stop: CancellationToken,
 }
 
-pub fn parse_addr(addr: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow::anyhow!("--mqtt {addr:?} must be host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--mqtt {addr:?}: bad port"))?;
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
-
 impl MqttConn {
     pub fn start(addr: &str, n: usize, ctx: Ctx) -> anyhow::Result<Self> {
         let (host, port) = parse_addr(addr)?;
@@ -524,6 +478,7 @@ impl MqttSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::{HeaderMap, RETRY_AFTER};
 
     #[test]
     fn retry_after_is_parsed_and_capped() {

@@ -8,40 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ErrorKind {
-    /// 4xx other than 429, or a gRPC code meaning the request is wrong: not retried.
-    Rejected,
-    /// 503/429 or gRPC UNAVAILABLE/RESOURCE_EXHAUSTED: back-pressure, retried after Retry-After.
-    Busy,
-    /// Other 5xx / gRPC INTERNAL etc.
-    Server,
-    Timeout,
-    Connection,
-}
+pub use fleetctl::simulate::stats::ErrorKind;
 
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [
-        Self::Rejected,
-        Self::Busy,
-        Self::Server,
-        Self::Timeout,
-        Self::Connection,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Rejected => "4xx",
-            Self::Busy => "503",
-            Self::Server => "5xx",
-            Self::Timeout => "timeout",
-            Self::Connection => "connection",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
-    }
+/// Position of `kind` in [`ErrorKind::ALL`], the index of its counter.
+fn index(kind: ErrorKind) -> usize {
+    ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
 #[derive(Debug, Default)]
@@ -89,7 +60,7 @@ impl Snapshot {
     pub fn errors_by_kind(&self) -> BTreeMap<&'static str, u64> {
         ErrorKind::ALL
             .iter()
-            .map(|k| (k.label(), self.errors[k.index()]))
+            .map(|k| (k.label(), self.errors[index(*k)]))
             .collect()
     }
 
@@ -100,7 +71,7 @@ impl Snapshot {
 
 impl Counters {
     pub fn error(&self, kind: ErrorKind, detail: impl FnOnce() -> String) {
-        self.errors[kind.index()].fetch_add(1, Relaxed);
+        self.errors[index(kind)].fetch_add(1, Relaxed);
         if let Ok(mut m) = self.first_error.lock() {
             m.entry(kind).or_insert_with(detail);
         }

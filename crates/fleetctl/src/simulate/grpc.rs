@@ -235,7 +235,8 @@ impl GrpcTelemetry {
     }
 }
 
-fn classify(s: &Status) -> ErrorKind {
+/// How a failed call counts: back-pressure, connection, request error...
+pub fn classify(s: &Status) -> ErrorKind {
     match s.code() {
         Code::Unavailable => {
             // tonic reports a refused or broken connection as UNAVAILABLE too.

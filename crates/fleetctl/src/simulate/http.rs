@@ -183,7 +183,7 @@ impl HttpClient {
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by ingest), capped.
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
+pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let secs: f64 = h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(60.0)))
 }

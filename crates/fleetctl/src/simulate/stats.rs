@@ -28,7 +28,7 @@ impl ErrorKind {
         }
     }
 
-    const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 5] = [
         Self::Rejected,
         Self::Busy,
         Self::Server,
