@@ -6,6 +6,7 @@ use fleetwatch_common::config::Validate;
 use fleetwatch_common::{AdminConfig, LogConfig};
 use fleetwatch_db::DbConfig;
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
+use fleetwatch_objectstore::ObjectStoreConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,58 +61,6 @@ impl Default for GrpcConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50052)),
         }
-    }
-}
-
-/// Object store location and credentials. `Debug` hides the secret.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ObjectStoreConfig {
-    /// `file:///abs/dir`, `file://./relative/dir` (resolved against the
-    /// working directory) or `s3://bucket/optional/prefix`.
-    pub url: String,
-    /// S3-compatible endpoint, e.g. `http://minio:9000`; empty = AWS (or `AWS_ENDPOINT`).
-    pub endpoint: String,
-    /// S3 region; empty = `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
-    pub region: String,
-    /// S3 access key id; empty = `AWS_ACCESS_KEY_ID` or the instance's credentials.
-    pub access_key_id: String,
-    /// S3 secret key; empty = `AWS_SECRET_ACCESS_KEY`. Never logged.
-    pub secret_access_key: String,
-    /// Allow a plain-HTTP endpoint (MinIO in a cluster).
-    pub allow_http: bool,
-}
-
-impl Default for ObjectStoreConfig {
-    fn default() -> Self {
-        Self {
-            url: "file://./.fleetwatch/objects".into(),
-            endpoint: String::new(),
-            region: String::new(),
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
-            allow_http: false,
-        }
-    }
-}
-
-impl std::fmt::Debug for ObjectStoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectStoreConfig")
-            .field("url", &self.url)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &if self.secret_access_key.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
-            .field("allow_http", &self.allow_http)
-            .finish()
     }
 }
 
@@ -176,7 +125,7 @@ impl Validate for Config {
         if self.database.url.trim().is_empty() {
             errs.push("database.url: must not be empty".into());
         }
-        if let Err(e) = crate::objects::ObjectLocation::parse(&self.object_store.url) {
+        if let Err(e) = fleetwatch_objectstore::ObjectLocation::parse(&self.object_store.url) {
             errs.push(format!("object_store.url: {e}"));
         }
         if self.retention.telemetry_days == 0 {

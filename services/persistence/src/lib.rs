@@ -6,7 +6,7 @@
 pub mod config;
 pub mod maintenance;
 pub mod metrics;
-pub mod objects;
+pub use fleetwatch_objectstore as objects;
 pub mod query;
 pub mod writer;
 
