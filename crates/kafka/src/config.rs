@@ -91,6 +91,12 @@ pub struct ConsumerConfig {
     pub commit_interval_ms: u32,
     /// How often lag metrics are refreshed (`statistics.interval.ms`).
     pub stats_interval_ms: u32,
+    /// Longest the broker may hold a fetch with no new data
+    /// (`fetch.wait.max.ms`). Kafka answers as soon as data arrives, but
+    /// some brokers (nisshi) re-check only at halving intervals of this wait,
+    /// so a record arriving just after a check waits up to half of it:
+    /// keep it short. An idle consumer costs one empty fetch per interval.
+    pub fetch_wait_max_ms: u32,
     /// Bytes per fetch response over all partitions (`fetch.max.bytes`).
     pub fetch_max_bytes: u32,
     /// Bytes per partition per fetch (`max.partition.fetch.bytes`); a larger
@@ -113,6 +119,7 @@ impl Default for ConsumerConfig {
             retry_max_ms: 5_000,
             commit_interval_ms: 1_000,
             stats_interval_ms: 5_000,
+            fetch_wait_max_ms: 20,
             fetch_max_bytes: 16 * 1024 * 1024,
             partition_fetch_max_bytes: 1024 * 1024,
         }
@@ -193,6 +200,7 @@ impl KafkaConfig {
             .set("session.timeout.ms", k.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", k.heartbeat_interval_ms.to_string())
             .set("statistics.interval.ms", k.stats_interval_ms.to_string())
+            .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
             .set("fetch.max.bytes", k.fetch_max_bytes.to_string())
             .set(
                 "max.partition.fetch.bytes",
