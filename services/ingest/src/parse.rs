@@ -9,6 +9,7 @@
 //! min ≤ max. A request is accepted or refused as a whole.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
 
 use fleetwatch_proto::v1::{BoundingBox, Detection, DetectionBatch, TelemetryPoint};
 use serde_json::{Map, Value};
@@ -207,7 +208,7 @@ fn timestamp(v: Option<&Value>, clock: &Clock) -> Result<i64, String> {
 }
 
 /// Checks `drone_id`/`vehicle_id` against the authenticated vehicle.
-fn check_ids(obj: &Map<String, Value>, prefix: &str, vehicle: &str, p: &mut Problems) {
+fn check_ids(obj: &Map<String, Value>, prefix: &dyn Display, vehicle: &str, p: &mut Problems) {
     for key in ["drone_id", "vehicle_id"] {
         match obj.get(key) {
             None | Some(Value::Null) => {}
@@ -222,7 +223,7 @@ fn check_ids(obj: &Map<String, Value>, prefix: &str, vehicle: &str, p: &mut Prob
 }
 
 /// The rules of a telemetry point, shared by JSON and protobuf input.
-fn check_point(pt: &TelemetryPoint, prefix: &str, clock: &Clock, p: &mut Problems) {
+fn check_point(pt: &TelemetryPoint, prefix: &dyn Display, clock: &Clock, p: &mut Problems) {
     let fields = [
         ("lat", pt.lat),
         ("lon", pt.lon),
@@ -276,11 +277,25 @@ fn check_point(pt: &TelemetryPoint, prefix: &str, clock: &Clock, p: &mut Problem
     }
 }
 
+/// `{outer}{name}[{i}].`, the path of one point in a request. Rendered only
+/// into the field name of an error, so valid points cost no formatting.
+struct Indexed<'a> {
+    outer: &'a str,
+    name: &'static str,
+    i: usize,
+}
+
+impl Display for Indexed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}[{}].", self.outer, self.name, self.i)
+    }
+}
+
 const STANDARD_FIELDS: [&str; 6] = ["lat", "lon", "alt", "speed", "heading", "battery"];
 
 fn point_from_json(
     obj: &Map<String, Value>,
-    prefix: &str,
+    prefix: &dyn Display,
     vehicle: &str,
     clock: &Clock,
     p: &mut Problems,
@@ -377,11 +392,12 @@ pub fn parse_telemetry(
         ..Default::default()
     };
     for (i, v) in values.iter().enumerate() {
-        let prefix = if multi {
-            format!("[{i}].")
-        } else {
-            String::new()
+        let indexed = Indexed {
+            outer: "",
+            name: "",
+            i,
         };
+        let prefix: &dyn Display = if multi { &indexed } else { &"" };
         let Value::Object(obj) = v else {
             p.push(
                 if multi {
@@ -393,15 +409,8 @@ pub fn parse_telemetry(
             );
             continue;
         };
-        let pt = point_from_json(
-            obj,
-            &prefix,
-            vehicle,
-            clock,
-            &mut p,
-            &mut out.ignored_fields,
-        );
-        check_point(&pt, &prefix, clock, &mut p);
+        let pt = point_from_json(obj, prefix, vehicle, clock, &mut p, &mut out.ignored_fields);
+        check_point(&pt, prefix, clock, &mut p);
         out.points.push(pt);
     }
     p.finish(INVALID_TELEMETRY)?;
@@ -426,7 +435,11 @@ pub fn check_proto_points(
     }
     let mut p = Problems::new();
     for (i, pt) in points.iter_mut().enumerate() {
-        let prefix = format!("{prefix}points[{i}].");
+        let prefix = Indexed {
+            outer: prefix,
+            name: "points",
+            i,
+        };
         if pt.vehicle_id.is_empty() {
             pt.vehicle_id = vehicle.to_string();
         } else if pt.vehicle_id != vehicle {
@@ -578,7 +591,7 @@ pub fn parse_detections(
         return Err(malformed("expected one JSON object".into()));
     };
     let mut p = Problems::new();
-    check_ids(&obj, "", vehicle, &mut p);
+    check_ids(&obj, &"", vehicle, &mut p);
     let mut b = DetectionBatch {
         vehicle_id: vehicle.to_string(),
         source: "edge".into(),

@@ -93,6 +93,10 @@ pub struct WriterConfig {
     /// Most rows per INSERT statement; larger consumer batches are split
     /// into several statements of one transaction.
     pub max_rows_per_statement: usize,
+    /// Transactions one telemetry batch is written in at once, each on its
+    /// own connection and its own set of vehicles. One Postgres backend
+    /// inserts on one core; two let a batch use two.
+    pub telemetry_write_concurrency: usize,
     /// Frame uploads to the object store in flight at once.
     pub object_store_concurrency: usize,
 }
@@ -102,6 +106,7 @@ impl Default for WriterConfig {
         Self {
             group_prefix: "fleetwatch-persistence".into(),
             max_rows_per_statement: 10_000,
+            telemetry_write_concurrency: 2,
             object_store_concurrency: 8,
         }
     }
@@ -142,6 +147,9 @@ impl Validate for Config {
         }
         if self.writer.max_rows_per_statement == 0 {
             errs.push("writer.max_rows_per_statement: must be at least 1".into());
+        }
+        if self.writer.telemetry_write_concurrency == 0 {
+            errs.push("writer.telemetry_write_concurrency: must be at least 1".into());
         }
         if self.writer.object_store_concurrency == 0 {
             errs.push("writer.object_store_concurrency: must be at least 1".into());

@@ -76,6 +76,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
                 pool: pool.clone(),
                 partitions: partitions.clone(),
                 max_rows,
+                concurrency: config.writer.telemetry_write_concurrency,
             }),
             shutdown.clone(),
         )),

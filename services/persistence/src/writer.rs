@@ -173,7 +173,9 @@ fn check_vehicle(record: &Record, vehicle_id: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_time(what: &str, us: i64) -> Result<DateTime<Utc>, Invalid> {
+// The checks take the field name as `impl Display` so the hot path formats
+// nothing: a name is only rendered when a value is rejected.
+fn check_time(what: impl std::fmt::Display, us: i64) -> Result<DateTime<Utc>, Invalid> {
     if !(0..=MAX_TIME_UNIX_US).contains(&us) {
         return Err(Invalid::new(format!("{what} {us} is outside 1970..9999")));
     }
@@ -181,7 +183,7 @@ fn check_time(what: &str, us: i64) -> Result<DateTime<Utc>, Invalid> {
         .ok_or_else(|| Invalid::new(format!("{what} {us} is out of range")))
 }
 
-fn check_finite(what: &str, v: Option<f64>) -> Result<Option<f64>, Invalid> {
+fn check_finite(what: impl std::fmt::Display, v: Option<f64>) -> Result<Option<f64>, Invalid> {
     match v {
         Some(x) if !x.is_finite() => {
             Err(Invalid::new(format!("{what} is not a finite number ({x})")))
@@ -261,6 +263,71 @@ pub struct TelemetryWriter {
     pub pool: PgPool,
     pub partitions: Arc<Partitions>,
     pub max_rows: usize,
+    /// Transactions per batch, on disjoint vehicles.
+    pub concurrency: usize,
+}
+
+type Row<'a> = (&'a str, &'a Point, Option<DateTime<Utc>>);
+
+/// Splits rows sorted by vehicle into at most `n` runs of about equal size,
+/// cutting only between vehicles: each vehicle's points and its latest-state
+/// row belong to one transaction, so concurrent transactions never touch the
+/// same rows and cannot deadlock.
+fn split_by_vehicle<'r, 'a>(rows: &'r [Row<'a>], n: usize) -> Vec<&'r [Row<'a>]> {
+    let target = rows.len().div_ceil(n.max(1)).max(1);
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = (start + target).min(rows.len());
+        while end < rows.len() && rows[end].0 == rows[end - 1].0 {
+            end += 1;
+        }
+        out.push(&rows[start..end]);
+        start = end;
+    }
+    out
+}
+
+impl TelemetryWriter {
+    /// One transaction: the rows, then the latest state of their vehicles.
+    async fn write_run(&self, rows: &[Row<'_>]) -> Result<(u64, u64), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0;
+        for chunk in rows.chunks(self.max_rows) {
+            let mut c = Columns::default();
+            for (v, p, r) in chunk {
+                c.push(v, p, *r);
+            }
+            let (query, received) = c.bind_shared(sqlx::query(INSERT_TELEMETRY));
+            inserted += query
+                .bind(received)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        let latest = merge_latest(rows.iter().map(|(v, p, _)| (*v, *p)));
+        let mut c = Columns::default();
+        for (v, p) in &latest {
+            c.push(v, p, None);
+        }
+        let updated = c
+            .bind_shared(sqlx::query(UPSERT_LATEST))
+            .0
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((inserted, updated))
+    }
+}
+
+/// `points[i].name`, rendered only for an error message.
+struct FieldPath(usize, &'static str);
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "points[{}].{}", self.0, self.1)
+    }
 }
 
 /// Validates a decoded batch against its record.
@@ -274,14 +341,16 @@ pub fn validate_telemetry(record: &Record, b: TelemetryBatch) -> Result<Telemetr
                 p.vehicle_id, b.vehicle_id
             )));
         }
-        let f = |name: &str, v| check_finite(&format!("points[{i}].{name}"), v);
+        let f = |name: &'static str, v| check_finite(FieldPath(i, name), v);
         let mut metrics = BTreeMap::new();
         for (k, v) in p.metrics {
-            check_finite(&format!("points[{i}].metrics[{k:?}]"), Some(v))?;
+            if !v.is_finite() {
+                check_finite(format!("points[{i}].metrics[{k:?}]"), Some(v))?;
+            }
             metrics.insert(k, v);
         }
         points.push(Point {
-            time: check_time(&format!("points[{i}].time_unix_us"), p.time_unix_us)?,
+            time: check_time(FieldPath(i, "time_unix_us"), p.time_unix_us)?,
             lat: f("lat", p.lat)?,
             lon: f("lon", p.lon)?,
             alt: f("alt", p.alt)?,
@@ -425,7 +494,7 @@ impl Writer for TelemetryWriter {
 
     async fn write(&self, items: &[&TelemetryItem]) -> Result<(), WriteError> {
         // Sorted so concurrent replicas lock rows in the same order.
-        let mut rows: Vec<(&str, &Point, Option<DateTime<Utc>>)> = items
+        let mut rows: Vec<Row<'_>> = items
             .iter()
             .flat_map(|it| {
                 it.points
@@ -440,36 +509,16 @@ impl Writer for TelemetryWriter {
         let days: BTreeSet<NaiveDate> = rows.iter().map(|(_, p, _)| p.time.date_naive()).collect();
         self.partitions.ensure(&self.pool, days).await?;
 
-        let result = async {
-            let mut tx = self.pool.begin().await?;
-            let mut inserted = 0;
-            for chunk in rows.chunks(self.max_rows) {
-                let mut c = Columns::default();
-                for (v, p, r) in chunk {
-                    c.push(v, p, *r);
-                }
-                let (query, received) = c.bind_shared(sqlx::query(INSERT_TELEMETRY));
-                inserted += query
-                    .bind(received)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            let latest = merge_latest(rows.iter().map(|(v, p, _)| (*v, *p)));
-            let mut c = Columns::default();
-            for (v, p) in &latest {
-                c.push(v, p, None);
-            }
-            let updated = c
-                .bind_shared(sqlx::query(UPSERT_LATEST))
-                .0
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>((inserted, updated))
-        }
-        .await;
+        // All runs must commit before the offsets are stored. If one fails,
+        // the whole batch is retried; the runs that did commit are then
+        // no-ops (ON CONFLICT DO NOTHING, latest only moves forward).
+        let runs = split_by_vehicle(&rows, self.concurrency);
+        let result = futures::future::try_join_all(runs.into_iter().map(|r| self.write_run(r)))
+            .await
+            .map(|done| {
+                done.into_iter()
+                    .fold((0, 0), |(i, u), (ri, ru)| (i + ri, u + ru))
+            });
         let (inserted, updated) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -826,6 +875,38 @@ mod tests {
             ))
             .contains("outside")
         );
+    }
+
+    #[test]
+    fn runs_split_between_vehicles_only() {
+        let p = Point {
+            time: Utc::now(),
+            lat: None,
+            lon: None,
+            alt: None,
+            speed: None,
+            heading: None,
+            battery: None,
+            metrics: BTreeMap::new(),
+        };
+        let rows: Vec<Row<'_>> = ["a", "a", "a", "b", "c", "c", "d"]
+            .iter()
+            .map(|v| (*v, &p, None))
+            .collect();
+        let vehicles = |runs: Vec<&[Row<'_>]>| -> Vec<String> {
+            runs.iter()
+                .map(|r| r.iter().map(|x| x.0).collect::<String>())
+                .collect()
+        };
+        assert_eq!(vehicles(split_by_vehicle(&rows, 1)), ["aaabccd"]);
+        assert_eq!(vehicles(split_by_vehicle(&rows, 2)), ["aaab", "ccd"]);
+        assert_eq!(vehicles(split_by_vehicle(&rows, 3)), ["aaa", "bcc", "d"]);
+        // Never more runs than vehicles, and nothing lost.
+        assert_eq!(
+            vehicles(split_by_vehicle(&rows, 10)),
+            ["aaa", "b", "cc", "d"]
+        );
+        assert!(split_by_vehicle(&rows[..0], 2).is_empty());
     }
 
     #[test]
