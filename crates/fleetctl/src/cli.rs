@@ -129,8 +129,26 @@ pub enum Protocol {
     Mqtt,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// ~15 s scripted run raising one incident of each rule kind
+    /// (battery, geofence, link loss, person in an image zone).
+    Incidents,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
+    /// Run a scripted scenario with a known outcome instead of a random fleet
+    /// (uses --prefix, --register/--tokens-file, --ingest-url, --center).
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
+    /// Incident service gRPC endpoint (the incidents scenario sets up its rules there).
+    #[arg(
+        long,
+        env = "FLEETWATCH_INCIDENT_GRPC_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub incident_grpc_url: String,
     /// Number of simulated vehicles.
     #[arg(long, default_value_t = 5)]
     pub vehicles: usize,
