@@ -76,7 +76,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .await
         .context("cannot load the incident rules")?;
     let published = Arc::new(Notify::new());
-    let clip = config.evidence.clips.then(|| store::ClipWindow {
+    let clip = config.evidence.clips.then_some(store::ClipWindow {
         before_us: (config.evidence.clip_before_secs * 1e6) as i64,
         after_us: (config.evidence.clip_after_secs * 1e6) as i64,
     });

@@ -29,7 +29,7 @@ use super::http::HttpClient;
 use super::point::Rfc3339;
 use super::stats::Stats;
 use super::track::Kind;
-use crate::cli::{Global, SimulateArgs};
+use crate::cli::SimulateArgs;
 
 /// How long the scripted run lasts.
 const RUN_SECS: f64 = 15.0;
