@@ -152,6 +152,32 @@ async fn main() {
         pct(1.0)
     );
     println!("loadavg after run: {}", load.trim());
+    // Where the time goes: the service's own histograms.
+    for mf in prometheus::gather() {
+        let name = mf.get_name();
+        if !(name == "fleetwatch_incident_batch_seconds"
+            || name == "fleetwatch_incident_commit_to_publish_seconds")
+        {
+            continue;
+        }
+        for m in mf.get_metric() {
+            let h = m.get_histogram();
+            if h.get_sample_count() == 0 {
+                continue;
+            }
+            let labels: Vec<String> = m
+                .get_label()
+                .iter()
+                .map(|l| format!("{}={}", l.get_name(), l.get_value()))
+                .collect();
+            println!(
+                "{name}{{{}}}: count {} mean {:.1} ms",
+                labels.join(","),
+                h.get_sample_count(),
+                h.get_sample_sum() / h.get_sample_count() as f64 * 1e3
+            );
+        }
+    }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), running.handle).await;
 }

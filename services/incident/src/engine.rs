@@ -92,38 +92,47 @@ impl Engine {
             transitions,
         };
         store::save_states(&mut tx, &changes.states).await?;
+        // Waves: the n-th transition of each (rule, vehicle), so every
+        // statement touches a key at most once and order per key holds.
+        let mut waves: Vec<Vec<&(Rule, String, Transition)>> = Vec::new();
+        let mut seen_keys: std::collections::HashMap<(i64, &str), usize> = Default::default();
+        for t in &changes.transitions {
+            let n = seen_keys.entry((t.0.id, t.1.as_str())).or_default();
+            if waves.len() <= *n {
+                waves.push(Vec::new());
+            }
+            waves[*n].push(t);
+            *n += 1;
+        }
         let mut events = 0;
-        for (rule, vehicle, t) in &changes.transitions {
-            match t {
-                Transition::Trigger {
-                    at_us,
-                    detail,
-                    evidence,
-                } => {
-                    store::trigger(
-                        &mut tx,
+        for wave in waves {
+            let mut triggers = Vec::new();
+            let mut sightings = Vec::new();
+            let mut clears = Vec::new();
+            for (rule, vehicle, t) in wave {
+                match t {
+                    Transition::Trigger {
+                        at_us,
+                        detail,
+                        evidence,
+                    } => triggers.push(store::TriggerItem {
                         rule,
                         vehicle,
-                        *at_us,
+                        at_us: *at_us,
                         detail,
-                        evidence.as_ref(),
-                        self.clip,
-                    )
-                    .await?;
-                    events += 1;
-                }
-                Transition::Seen { at_us, evidence } => {
-                    store::seen(&mut tx, rule.id, vehicle, *at_us, evidence.as_ref()).await?;
-                }
-                Transition::Clear { at_us, detail } => {
-                    if store::clear(&mut tx, rule.id, vehicle, *at_us, detail)
-                        .await?
-                        .is_some()
-                    {
-                        events += 1;
+                        evidence: evidence.as_ref(),
+                    }),
+                    Transition::Seen { at_us, evidence } => {
+                        sightings.push((rule.id, vehicle.as_str(), *at_us, evidence.as_ref()))
+                    }
+                    Transition::Clear { at_us, detail } => {
+                        clears.push((rule.id, vehicle.as_str(), *at_us, detail.as_str()))
                     }
                 }
             }
+            events += store::trigger_many(&mut tx, &triggers, self.clip).await?.len();
+            store::seen_many(&mut tx, &sightings).await?;
+            events += store::clear_many(&mut tx, &clears).await?;
         }
         tx.commit().await?;
         if events > 0 {

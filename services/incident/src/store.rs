@@ -197,57 +197,17 @@ pub async fn record(
     from_status: Option<&str>,
     detail: &str,
 ) -> Result<(), sqlx::Error> {
-    let row = sqlx::query(
-        "INSERT INTO incident_audit (incident_id, event_id, action, actor, from_status, to_status, detail) \
-         VALUES ($1, gen_random_uuid(), $2, $3, $4, $5, $6) RETURNING event_id::text, at",
+    record_many(
+        tx,
+        &[EventItem {
+            inc,
+            action,
+            actor,
+            from_status,
+            detail,
+        }],
     )
-    .bind(inc.id)
-    .bind(action.name())
-    .bind(actor)
-    .bind(from_status)
-    .bind(&inc.status)
-    .bind(detail)
-    .fetch_one(&mut **tx)
-    .await?;
-    let event_id: String = row.get(0);
-    let at: DateTime<Utc> = row.get(1);
-    let clips = clip_keys(&mut **tx, inc.id).await?;
-    let ev = pb::IncidentEvent {
-        event_id: event_id.clone(),
-        incident_id: inc.id,
-        vehicle_id: inc.vehicle_id.clone(),
-        rule_id: inc.rule_id,
-        incident_type: inc.incident_type.clone(),
-        severity: i32::from(inc.severity),
-        status: status_proto(&inc.status) as i32,
-        event_type: action.event_type() as i32,
-        time_unix_us: at.timestamp_micros(),
-        actor: actor.to_string(),
-        title: inc.title.clone(),
-        detail: if detail.is_empty() {
-            inc.detail.clone()
-        } else {
-            detail.to_string()
-        },
-        cleared: inc.cleared,
-        trigger_count: inc.trigger_count.max(0) as u64,
-        first_seen_unix_us: inc.first_seen.timestamp_micros(),
-        last_seen_unix_us: inc.last_seen.timestamp_micros(),
-        assigned_to: inc.assigned_to.clone().unwrap_or_default(),
-        evidence: Some(inc.evidence(clips)),
-    };
-    sqlx::query(
-        "INSERT INTO incident_outbox (event_id, vehicle_id, payload) VALUES ($1::uuid, $2, $3)",
-    )
-    .bind(&event_id)
-    .bind(&inc.vehicle_id)
-    .bind(ev.encode_to_vec())
-    .execute(&mut **tx)
-    .await?;
-    crate::metrics::EVENTS
-        .with_label_values(&[action.name()])
-        .inc();
-    Ok(())
+    .await
 }
 
 // ------------------------------------------------------------------ rules
@@ -500,116 +460,22 @@ pub async fn trigger(
     evidence: Option<&DetectionEvidence>,
     clip: Option<ClipWindow>,
 ) -> Result<(IncidentRow, bool), sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "INSERT INTO incidents (incident_type, severity, vehicle_id, rule_id, rule_kind, title, detail, \
-            first_seen, last_seen, frame_key, boxes, evidence_confidence, evidence_time_us) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12) \
-         ON CONFLICT (vehicle_id, rule_id) WHERE status <> 'resolved' DO UPDATE SET \
-            trigger_count = incidents.trigger_count + 1, \
-            last_seen = GREATEST(incidents.last_seen, EXCLUDED.last_seen), \
-            cleared = FALSE, cleared_at = NULL, detail = EXCLUDED.detail, severity = EXCLUDED.severity, \
-            frame_key = CASE WHEN EXCLUDED.evidence_confidence > COALESCE(incidents.evidence_confidence, -1) \
-                THEN EXCLUDED.frame_key ELSE incidents.frame_key END, \
-            boxes = CASE WHEN EXCLUDED.evidence_confidence > COALESCE(incidents.evidence_confidence, -1) \
-                THEN EXCLUDED.boxes ELSE incidents.boxes END, \
-            evidence_time_us = CASE WHEN EXCLUDED.evidence_confidence > COALESCE(incidents.evidence_confidence, -1) \
-                THEN EXCLUDED.evidence_time_us ELSE incidents.evidence_time_us END, \
-            evidence_confidence = GREATEST(incidents.evidence_confidence, EXCLUDED.evidence_confidence), \
-            updated_at = clock_timestamp() \
-         RETURNING {INCIDENT_COLS}, (xmax = 0) AS inserted"
-    ))
-    .bind(&rule.name)
-    .bind(rule.severity)
-    .bind(vehicle)
-    .bind(rule.id)
-    .bind(rule.params.kind())
-    .bind(format!("{} on {vehicle}", rule.name))
-    .bind(detail)
-    .bind(ts(at_us))
-    .bind(evidence.map(|e| e.frame_key.as_str()))
-    .bind(evidence.map(|e| boxes_json(&e.boxes)))
-    .bind(evidence.map(|e| e.confidence))
-    .bind(evidence.map(|e| e.time_us))
-    .fetch_one(&mut **tx)
-    .await?;
-    let inserted: bool = row.get("inserted");
-    let inc = <IncidentRow as sqlx::FromRow<_>>::from_row(&row)?;
-    if inserted && let Some(w) = clip {
-        let day = ts(at_us).format("%Y/%m/%d");
-        sqlx::query(
-            "INSERT INTO incident_clips (incident_id, vehicle_id, center_us, from_us, to_us, prefix) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (incident_id) DO NOTHING",
-        )
-        .bind(inc.id)
-        .bind(vehicle)
-        .bind(at_us)
-        .bind(at_us - w.before_us)
-        .bind(at_us + w.after_us)
-        .bind(format!("{vehicle}/{day}/clip_{at_us}/"))
-        .execute(&mut **tx)
-        .await?;
-    }
-    let action = if inserted {
-        Action::Opened
-    } else {
-        Action::Retriggered
-    };
-    record(tx, &inc, action, "system", None, detail).await?;
-    Ok((inc, inserted))
-}
-
-/// A newer sighting while active: last seen and better evidence, no event
-/// (an event per frame is the notification flood operators complain about).
-pub async fn seen(
-    tx: &mut Tx<'_>,
-    rule_id: i64,
-    vehicle: &str,
-    at_us: i64,
-    evidence: Option<&DetectionEvidence>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE incidents SET last_seen = GREATEST(last_seen, $3), \
-            frame_key = CASE WHEN $4::real > COALESCE(evidence_confidence, -1) THEN $5 ELSE frame_key END, \
-            boxes = CASE WHEN $4::real > COALESCE(evidence_confidence, -1) THEN $6 ELSE boxes END, \
-            evidence_time_us = CASE WHEN $4::real > COALESCE(evidence_confidence, -1) THEN $7 ELSE evidence_time_us END, \
-            evidence_confidence = GREATEST(evidence_confidence, $4::real), updated_at = clock_timestamp() \
-         WHERE vehicle_id = $1 AND rule_id = $2 AND status <> 'resolved'",
+    let mut out = trigger_many(
+        tx,
+        &[TriggerItem {
+            rule,
+            vehicle,
+            at_us,
+            detail,
+            evidence,
+        }],
+        clip,
     )
-    .bind(vehicle)
-    .bind(rule_id)
-    .bind(ts(at_us))
-    .bind(evidence.map(|e| e.confidence))
-    .bind(evidence.map(|e| e.frame_key.as_str()))
-    .bind(evidence.map(|e| boxes_json(&e.boxes)))
-    .bind(evidence.map(|e| e.time_us))
-    .execute(&mut **tx)
     .await?;
-    Ok(())
+    out.pop().ok_or(sqlx::Error::RowNotFound)
 }
 
-/// Marks the unresolved incident cleared; it stays for the operator.
-pub async fn clear(
-    tx: &mut Tx<'_>,
-    rule_id: i64,
-    vehicle: &str,
-    at_us: i64,
-    detail: &str,
-) -> Result<Option<IncidentRow>, sqlx::Error> {
-    let inc: Option<IncidentRow> = sqlx::query_as(&format!(
-        "UPDATE incidents SET cleared = TRUE, cleared_at = $3, updated_at = clock_timestamp() \
-         WHERE vehicle_id = $1 AND rule_id = $2 AND status <> 'resolved' AND NOT cleared \
-         RETURNING {INCIDENT_COLS}"
-    ))
-    .bind(vehicle)
-    .bind(rule_id)
-    .bind(ts(at_us))
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(inc) = &inc {
-        record(tx, inc, Action::Cleared, "system", None, detail).await?;
-    }
-    Ok(inc)
-}
+
 
 // --------------------------------------------------------- operator actions
 
@@ -779,4 +645,362 @@ pub async fn clip_keys_many(
         out.entry(r.get(0)).or_default().push(r.get(1));
     }
     Ok(out)
+}
+
+// ------------------------------------------------------- batched transitions
+//
+// A consumer batch can open hundreds of incidents; one statement per kind of
+// change (instead of several per incident) keeps the batch transaction short,
+// which is what keeps detection -> event latency low at 1,000/s.
+
+/// One trigger of a batch; keys (vehicle, rule) must be unique within a call.
+pub struct TriggerItem<'a> {
+    pub rule: &'a Rule,
+    pub vehicle: &'a str,
+    pub at_us: i64,
+    pub detail: &'a str,
+    pub evidence: Option<&'a DetectionEvidence>,
+}
+
+/// One audited change and its event.
+pub struct EventItem<'a> {
+    pub inc: &'a IncidentRow,
+    pub action: Action,
+    pub actor: &'a str,
+    pub from_status: Option<&'a str>,
+    pub detail: &'a str,
+}
+
+fn qualified_cols(alias: &str) -> String {
+    INCIDENT_COLS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A random (version 4) UUID in text form.
+fn new_event_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    let hi = (hi & !0xF000) | 0x4000;
+    let lo = (lo & !(0xC000 << 48)) | (0x8000 << 48);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xFFFF,
+        hi & 0xFFFF,
+        lo >> 48,
+        lo & 0xFFFF_FFFF_FFFF
+    )
+}
+
+/// Audits every change and queues its event, in two statements.
+pub async fn record_many(tx: &mut Tx<'_>, items: &[EventItem<'_>]) -> Result<(), sqlx::Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let at = Utc::now();
+    // A just-opened incident has no clip frames yet.
+    let later: Vec<i64> = items
+        .iter()
+        .filter(|i| i.action != Action::Opened)
+        .map(|i| i.inc.id)
+        .collect();
+    let mut clips: HashMap<i64, Vec<String>> = HashMap::new();
+    if !later.is_empty() {
+        let rows = sqlx::query(
+            "SELECT c.incident_id, f.object_key FROM incident_clip_frames f JOIN incident_clips c ON c.id = f.clip_id \
+             WHERE c.incident_id = ANY($1) ORDER BY c.incident_id, f.time_us",
+        )
+        .bind(&later)
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in rows {
+            clips.entry(r.get(0)).or_default().push(r.get(1));
+        }
+    }
+    let n = items.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut event_ids = Vec::with_capacity(n);
+    let mut actions = Vec::with_capacity(n);
+    let mut actors = Vec::with_capacity(n);
+    let mut from = Vec::with_capacity(n);
+    let mut to = Vec::with_capacity(n);
+    let mut details = Vec::with_capacity(n);
+    let mut vehicles = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    for it in items {
+        let inc = it.inc;
+        let event_id = new_event_id();
+        let ev = pb::IncidentEvent {
+            event_id: event_id.clone(),
+            incident_id: inc.id,
+            vehicle_id: inc.vehicle_id.clone(),
+            rule_id: inc.rule_id,
+            incident_type: inc.incident_type.clone(),
+            severity: i32::from(inc.severity),
+            status: status_proto(&inc.status) as i32,
+            event_type: it.action.event_type() as i32,
+            time_unix_us: at.timestamp_micros(),
+            actor: it.actor.to_string(),
+            title: inc.title.clone(),
+            detail: if it.detail.is_empty() {
+                inc.detail.clone()
+            } else {
+                it.detail.to_string()
+            },
+            cleared: inc.cleared,
+            trigger_count: inc.trigger_count.max(0) as u64,
+            first_seen_unix_us: inc.first_seen.timestamp_micros(),
+            last_seen_unix_us: inc.last_seen.timestamp_micros(),
+            assigned_to: inc.assigned_to.clone().unwrap_or_default(),
+            evidence: Some(inc.evidence(clips.remove(&inc.id).unwrap_or_default())),
+        };
+        ids.push(inc.id);
+        event_ids.push(event_id);
+        actions.push(it.action.name());
+        actors.push(it.actor);
+        from.push(it.from_status);
+        to.push(inc.status.as_str());
+        details.push(it.detail);
+        vehicles.push(inc.vehicle_id.as_str());
+        payloads.push(ev.encode_to_vec());
+        crate::metrics::EVENTS
+            .with_label_values(&[it.action.name()])
+            .inc();
+    }
+    sqlx::query(
+        "INSERT INTO incident_audit (incident_id, event_id, action, actor, at, from_status, to_status, detail) \
+         SELECT u.id, u.eid::uuid, u.action, u.actor, $8, u.from_status, u.to_status, u.detail \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+           WITH ORDINALITY AS u(id, eid, action, actor, from_status, to_status, detail, n) ORDER BY u.n",
+    )
+    .bind(&ids)
+    .bind(&event_ids)
+    .bind(&actions)
+    .bind(&actors)
+    .bind(&from)
+    .bind(&to)
+    .bind(&details)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO incident_outbox (event_id, vehicle_id, payload) \
+         SELECT u.eid::uuid, u.vehicle_id, u.payload \
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS u(eid, vehicle_id, payload, n) \
+         ORDER BY u.n",
+    )
+    .bind(&event_ids)
+    .bind(&vehicles)
+    .bind(&payloads)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Opens or re-triggers many incidents in one upsert; audits and queues
+/// their events. Returns each incident and whether it is new.
+pub async fn trigger_many(
+    tx: &mut Tx<'_>,
+    items: &[TriggerItem<'_>],
+    clip: Option<ClipWindow>,
+) -> Result<Vec<(IncidentRow, bool)>, sqlx::Error> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = items.iter().map(|i| i.rule.name.as_str()).collect();
+    let severities: Vec<i16> = items.iter().map(|i| i.rule.severity).collect();
+    let vehicles: Vec<&str> = items.iter().map(|i| i.vehicle).collect();
+    let rule_ids: Vec<i64> = items.iter().map(|i| i.rule.id).collect();
+    let kinds: Vec<&str> = items.iter().map(|i| i.rule.params.kind()).collect();
+    let titles: Vec<String> = items
+        .iter()
+        .map(|i| format!("{} on {}", i.rule.name, i.vehicle))
+        .collect();
+    let details: Vec<&str> = items.iter().map(|i| i.detail).collect();
+    let ats: Vec<DateTime<Utc>> = items.iter().map(|i| ts(i.at_us)).collect();
+    let keys: Vec<Option<&str>> = items
+        .iter()
+        .map(|i| i.evidence.map(|e| e.frame_key.as_str()))
+        .collect();
+    let boxes: Vec<Option<String>> = items
+        .iter()
+        .map(|i| i.evidence.map(|e| boxes_json(&e.boxes).to_string()))
+        .collect();
+    let confs: Vec<Option<f32>> = items.iter().map(|i| i.evidence.map(|e| e.confidence)).collect();
+    let etimes: Vec<Option<i64>> = items.iter().map(|i| i.evidence.map(|e| e.time_us)).collect();
+    let better = "EXCLUDED.evidence_confidence > COALESCE(incidents.evidence_confidence, -1)";
+    let rows = sqlx::query(&format!(
+        "INSERT INTO incidents (incident_type, severity, vehicle_id, rule_id, rule_kind, title, detail, \
+            first_seen, last_seen, frame_key, boxes, evidence_confidence, evidence_time_us) \
+         SELECT u.name, u.severity, u.vehicle_id, u.rule_id, u.kind, u.title, u.detail, u.at, u.at, \
+            u.frame_key, u.boxes::jsonb, u.conf, u.etime \
+         FROM UNNEST($1::text[], $2::smallint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
+            $8::timestamptz[], $9::text[], $10::text[], $11::real[], $12::bigint[]) WITH ORDINALITY \
+            AS u(name, severity, vehicle_id, rule_id, kind, title, detail, at, frame_key, boxes, conf, etime, n) \
+         ORDER BY u.n \
+         ON CONFLICT (vehicle_id, rule_id) WHERE status <> 'resolved' DO UPDATE SET \
+            trigger_count = incidents.trigger_count + 1, \
+            last_seen = GREATEST(incidents.last_seen, EXCLUDED.last_seen), \
+            cleared = FALSE, cleared_at = NULL, detail = EXCLUDED.detail, severity = EXCLUDED.severity, \
+            frame_key = CASE WHEN {better} THEN EXCLUDED.frame_key ELSE incidents.frame_key END, \
+            boxes = CASE WHEN {better} THEN EXCLUDED.boxes ELSE incidents.boxes END, \
+            evidence_time_us = CASE WHEN {better} THEN EXCLUDED.evidence_time_us ELSE incidents.evidence_time_us END, \
+            evidence_confidence = GREATEST(incidents.evidence_confidence, EXCLUDED.evidence_confidence), \
+            updated_at = clock_timestamp() \
+         RETURNING {INCIDENT_COLS}, (xmax = 0) AS inserted"
+    ))
+    .bind(&names)
+    .bind(&severities)
+    .bind(&vehicles)
+    .bind(&rule_ids)
+    .bind(&kinds)
+    .bind(&titles)
+    .bind(&details)
+    .bind(&ats)
+    .bind(&keys)
+    .bind(&boxes)
+    .bind(&confs)
+    .bind(&etimes)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let inserted: bool = row.get("inserted");
+        out.push((<IncidentRow as sqlx::FromRow<_>>::from_row(row)?, inserted));
+    }
+    if let Some(w) = clip {
+        let new: Vec<&IncidentRow> = out.iter().filter(|(_, n)| *n).map(|(i, _)| i).collect();
+        if !new.is_empty() {
+            let ids: Vec<i64> = new.iter().map(|i| i.id).collect();
+            let vs: Vec<&str> = new.iter().map(|i| i.vehicle_id.as_str()).collect();
+            let centers: Vec<i64> = new.iter().map(|i| i.first_seen.timestamp_micros()).collect();
+            let prefixes: Vec<String> = new
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}/{}/clip_{}/",
+                        i.vehicle_id,
+                        i.first_seen.format("%Y/%m/%d"),
+                        i.first_seen.timestamp_micros()
+                    )
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO incident_clips (incident_id, vehicle_id, center_us, from_us, to_us, prefix) \
+                 SELECT u.id, u.v, u.c, u.c - $5, u.c + $6, u.p \
+                 FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[]) AS u(id, v, c, p) \
+                 ON CONFLICT (incident_id) DO NOTHING",
+            )
+            .bind(&ids)
+            .bind(&vs)
+            .bind(&centers)
+            .bind(&prefixes)
+            .bind(w.before_us)
+            .bind(w.after_us)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    let events: Vec<EventItem> = out
+        .iter()
+        .map(|(inc, new)| EventItem {
+            inc,
+            action: if *new {
+                Action::Opened
+            } else {
+                Action::Retriggered
+            },
+            actor: "system",
+            from_status: None,
+            detail: inc.detail.as_str(),
+        })
+        .collect();
+    record_many(tx, &events).await?;
+    Ok(out)
+}
+
+/// Newer sightings of many active incidents (no events).
+pub async fn seen_many(
+    tx: &mut Tx<'_>,
+    items: &[(i64, &str, i64, Option<&DetectionEvidence>)],
+) -> Result<(), sqlx::Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let rule_ids: Vec<i64> = items.iter().map(|i| i.0).collect();
+    let vehicles: Vec<&str> = items.iter().map(|i| i.1).collect();
+    let ats: Vec<DateTime<Utc>> = items.iter().map(|i| ts(i.2)).collect();
+    let confs: Vec<Option<f32>> = items.iter().map(|i| i.3.map(|e| e.confidence)).collect();
+    let keys: Vec<Option<&str>> = items.iter().map(|i| i.3.map(|e| e.frame_key.as_str())).collect();
+    let boxes: Vec<Option<String>> = items
+        .iter()
+        .map(|i| i.3.map(|e| boxes_json(&e.boxes).to_string()))
+        .collect();
+    let etimes: Vec<Option<i64>> = items.iter().map(|i| i.3.map(|e| e.time_us)).collect();
+    let better = "u.conf > COALESCE(i.evidence_confidence, -1)";
+    sqlx::query(&format!(
+        "UPDATE incidents i SET last_seen = GREATEST(i.last_seen, u.at), \
+            frame_key = CASE WHEN {better} THEN u.frame_key ELSE i.frame_key END, \
+            boxes = CASE WHEN {better} THEN u.boxes::jsonb ELSE i.boxes END, \
+            evidence_time_us = CASE WHEN {better} THEN u.etime ELSE i.evidence_time_us END, \
+            evidence_confidence = GREATEST(i.evidence_confidence, u.conf), updated_at = clock_timestamp() \
+         FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], $4::real[], $5::text[], $6::text[], $7::bigint[]) \
+            AS u(rule_id, vehicle_id, at, conf, frame_key, boxes, etime) \
+         WHERE i.vehicle_id = u.vehicle_id AND i.rule_id = u.rule_id AND i.status <> 'resolved'"
+    ))
+    .bind(&rule_ids)
+    .bind(&vehicles)
+    .bind(&ats)
+    .bind(&confs)
+    .bind(&keys)
+    .bind(&boxes)
+    .bind(&etimes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks many unresolved incidents cleared; audits and queues the events.
+pub async fn clear_many(
+    tx: &mut Tx<'_>,
+    items: &[(i64, &str, i64, &str)],
+) -> Result<usize, sqlx::Error> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let rule_ids: Vec<i64> = items.iter().map(|i| i.0).collect();
+    let vehicles: Vec<&str> = items.iter().map(|i| i.1).collect();
+    let ats: Vec<DateTime<Utc>> = items.iter().map(|i| ts(i.2)).collect();
+    let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
+        "UPDATE incidents i SET cleared = TRUE, cleared_at = u.at, updated_at = clock_timestamp() \
+         FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[]) AS u(rule_id, vehicle_id, at) \
+         WHERE i.vehicle_id = u.vehicle_id AND i.rule_id = u.rule_id AND i.status <> 'resolved' AND NOT i.cleared \
+         RETURNING {}",
+        qualified_cols("i")
+    ))
+    .bind(&rule_ids)
+    .bind(&vehicles)
+    .bind(&ats)
+    .fetch_all(&mut **tx)
+    .await?;
+    let details: HashMap<(i64, &str), &str> = items.iter().map(|i| ((i.0, i.1), i.3)).collect();
+    let events: Vec<EventItem> = rows
+        .iter()
+        .map(|inc| EventItem {
+            inc,
+            action: Action::Cleared,
+            actor: "system",
+            from_status: None,
+            detail: details
+                .get(&(inc.rule_id, inc.vehicle_id.as_str()))
+                .copied()
+                .unwrap_or(""),
+        })
+        .collect();
+    record_many(tx, &events).await?;
+    Ok(rows.len())
 }
