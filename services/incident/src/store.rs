@@ -353,20 +353,14 @@ pub async fn lock_states(
     sorted.dedup();
     let rule_ids: Vec<i64> = sorted.iter().map(|k| k.0).collect();
     let vehicles: Vec<&str> = sorted.iter().map(|k| k.1.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO incident_rule_state (rule_id, vehicle_id) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[]) ORDER BY 1, 2 ON CONFLICT DO NOTHING",
-    )
-    .bind(&rule_ids)
-    .bind(&vehicles)
-    .execute(&mut **tx)
-    .await?;
+    // One statement: create missing rows and lock all of them. DO UPDATE
+    // (a no-op assignment) is what makes existing rows come back locked.
     let rows = sqlx::query(
-        "SELECT s.rule_id, s.vehicle_id, s.active, s.pending_since_us, s.consecutive, s.last_match_us, \
-                s.last_point_us, s.last_seen_us \
-         FROM incident_rule_state s JOIN UNNEST($1::bigint[], $2::text[]) AS k(rule_id, vehicle_id) \
-           ON s.rule_id = k.rule_id AND s.vehicle_id = k.vehicle_id \
-         ORDER BY s.rule_id, s.vehicle_id FOR UPDATE OF s",
+        "INSERT INTO incident_rule_state AS s (rule_id, vehicle_id) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[]) ORDER BY 1, 2 \
+         ON CONFLICT (rule_id, vehicle_id) DO UPDATE SET rule_id = s.rule_id \
+         RETURNING s.rule_id, s.vehicle_id, s.active, s.pending_since_us, s.consecutive, s.last_match_us, \
+                   s.last_point_us, s.last_seen_us",
     )
     .bind(&rule_ids)
     .bind(&vehicles)
@@ -772,10 +766,15 @@ pub async fn record_many(tx: &mut Tx<'_>, items: &[EventItem<'_>]) -> Result<(),
             .inc();
     }
     sqlx::query(
-        "INSERT INTO incident_audit (incident_id, event_id, action, actor, at, from_status, to_status, detail) \
-         SELECT u.id, u.eid::uuid, u.action, u.actor, $8, u.from_status, u.to_status, u.detail \
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-           WITH ORDINALITY AS u(id, eid, action, actor, from_status, to_status, detail, n) ORDER BY u.n",
+        "WITH u AS ( \
+           SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $9::text[], $10::bytea[]) WITH ORDINALITY \
+             AS u(id, eid, action, actor, from_status, to_status, detail, vehicle_id, payload, n)), \
+         a AS ( \
+           INSERT INTO incident_audit (incident_id, event_id, action, actor, at, from_status, to_status, detail) \
+           SELECT id, eid::uuid, action, actor, $8, from_status, to_status, detail FROM u ORDER BY n) \
+         INSERT INTO incident_outbox (event_id, vehicle_id, payload) \
+         SELECT eid::uuid, vehicle_id, payload FROM u ORDER BY n",
     )
     .bind(&ids)
     .bind(&event_ids)
@@ -785,15 +784,6 @@ pub async fn record_many(tx: &mut Tx<'_>, items: &[EventItem<'_>]) -> Result<(),
     .bind(&to)
     .bind(&details)
     .bind(at)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO incident_outbox (event_id, vehicle_id, payload) \
-         SELECT u.eid::uuid, u.vehicle_id, u.payload \
-         FROM UNNEST($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS u(eid, vehicle_id, payload, n) \
-         ORDER BY u.n",
-    )
-    .bind(&event_ids)
     .bind(&vehicles)
     .bind(&payloads)
     .execute(&mut **tx)
