@@ -130,7 +130,9 @@ impl Engine {
                     }
                 }
             }
-            events += store::trigger_many(&mut tx, &triggers, self.clip).await?.len();
+            events += store::trigger_many(&mut tx, &triggers, self.clip)
+                .await?
+                .len();
             store::seen_many(&mut tx, &sightings).await?;
             events += store::clear_many(&mut tx, &clears).await?;
         }

@@ -469,8 +469,6 @@ pub async fn trigger(
     out.pop().ok_or(sqlx::Error::RowNotFound)
 }
 
-
-
 // --------------------------------------------------------- operator actions
 
 #[derive(Debug, Clone)]
@@ -820,8 +818,14 @@ pub async fn trigger_many(
         .iter()
         .map(|i| i.evidence.map(|e| boxes_json(&e.boxes).to_string()))
         .collect();
-    let confs: Vec<Option<f32>> = items.iter().map(|i| i.evidence.map(|e| e.confidence)).collect();
-    let etimes: Vec<Option<i64>> = items.iter().map(|i| i.evidence.map(|e| e.time_us)).collect();
+    let confs: Vec<Option<f32>> = items
+        .iter()
+        .map(|i| i.evidence.map(|e| e.confidence))
+        .collect();
+    let etimes: Vec<Option<i64>> = items
+        .iter()
+        .map(|i| i.evidence.map(|e| e.time_us))
+        .collect();
     let better = "EXCLUDED.evidence_confidence > COALESCE(incidents.evidence_confidence, -1)";
     let rows = sqlx::query(&format!(
         "INSERT INTO incidents (incident_type, severity, vehicle_id, rule_id, rule_kind, title, detail, \
@@ -867,7 +871,10 @@ pub async fn trigger_many(
         if !new.is_empty() {
             let ids: Vec<i64> = new.iter().map(|i| i.id).collect();
             let vs: Vec<&str> = new.iter().map(|i| i.vehicle_id.as_str()).collect();
-            let centers: Vec<i64> = new.iter().map(|i| i.first_seen.timestamp_micros()).collect();
+            let centers: Vec<i64> = new
+                .iter()
+                .map(|i| i.first_seen.timestamp_micros())
+                .collect();
             let prefixes: Vec<String> = new
                 .iter()
                 .map(|i| {
@@ -925,7 +932,10 @@ pub async fn seen_many(
     let vehicles: Vec<&str> = items.iter().map(|i| i.1).collect();
     let ats: Vec<DateTime<Utc>> = items.iter().map(|i| ts(i.2)).collect();
     let confs: Vec<Option<f32>> = items.iter().map(|i| i.3.map(|e| e.confidence)).collect();
-    let keys: Vec<Option<&str>> = items.iter().map(|i| i.3.map(|e| e.frame_key.as_str())).collect();
+    let keys: Vec<Option<&str>> = items
+        .iter()
+        .map(|i| i.3.map(|e| e.frame_key.as_str()))
+        .collect();
     let boxes: Vec<Option<String>> = items
         .iter()
         .map(|i| i.3.map(|e| boxes_json(&e.boxes).to_string()))
