@@ -114,6 +114,48 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
     })
     .await;
 
+    // fleetctl incidents: acknowledge the battery incident, list by status.
+    let battery = list
+        .iter()
+        .find(|i| i.vehicle_id == "e2einc-battery")
+        .unwrap()
+        .id;
+    let fleetctl = |args: Vec<String>| {
+        let url = stack.incident_url();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(tk::binary("fleetctl"))
+                    .args(["incidents", "--incident-grpc-url", &url, "--actor", "e2e"])
+                    .args(&args)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = fleetctl(vec!["ack".into(), battery.to_string()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fleetctl(vec![
+        "list".into(),
+        "--status".into(),
+        "acknowledged".into(),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("e2einc-battery") && text.contains("battery_low"),
+        "{text}"
+    );
+    let out = fleetctl(vec!["ack".into(), battery.to_string()]).await;
+    assert!(!out.status.success(), "acknowledging twice fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"));
+
     // Resolve through the API; the audit trail records it.
     c.resolve_incident(pb::IncidentActionRequest {
         incident_id: id,
