@@ -48,7 +48,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .context("cannot open the object store")?;
     let dlq = Producer::new(&config.kafka, "fleetwatch-incident-dlq")
         .context("cannot create the DLQ producer")?;
-    let events = Producer::new(&config.kafka, "fleetwatch-incident-events")
+    // Events are few and latency-bound: send at once instead of lingering.
+    let mut events_kafka = config.kafka.clone();
+    events_kafka.producer.linger_ms = events_kafka.producer.linger_ms.min(1);
+    let events = Producer::new(&events_kafka, "fleetwatch-incident-events")
         .context("cannot create the events producer")?;
     let consumer = |suffix: &str, topic: &str| -> anyhow::Result<Consumer> {
         let mut k = config.kafka.clone();

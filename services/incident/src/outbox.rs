@@ -94,27 +94,32 @@ impl Publisher {
 
     async fn round(&self) -> anyhow::Result<Round> {
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(PUBLISHER_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(Round::Busy);
-        }
+        // Lock and read in one round trip; `locked` is false (and no rows)
+        // while another replica publishes.
         let rows = sqlx::query(
-            "SELECT seq, vehicle_id, payload, created_at FROM incident_outbox \
-             WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+            "WITH l AS (SELECT pg_try_advisory_xact_lock($2) AS locked) \
+             SELECT l.locked, o.seq, o.vehicle_id, o.payload, o.created_at FROM l \
+             LEFT JOIN LATERAL (SELECT seq, vehicle_id, payload, created_at FROM incident_outbox \
+                WHERE l.locked AND published_at IS NULL ORDER BY seq LIMIT $1) o ON TRUE",
         )
         .bind(self.batch)
+        .bind(PUBLISHER_LOCK)
         .fetch_all(&mut *tx)
         .await?;
+        if !rows.first().is_some_and(|r| r.get::<bool, _>(0)) {
+            return Ok(Round::Busy);
+        }
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.get::<Option<i64>, _>(1).is_some())
+            .collect();
         metrics::OUTBOX_PENDING.set(rows.len() as i64);
         if rows.is_empty() {
             return Ok(Round::Sent(0));
         }
         let sends = rows.iter().map(|r| {
-            let vehicle: &str = r.get(1);
-            let payload: &[u8] = r.get(2);
+            let vehicle: &str = r.get(2);
+            let payload: &[u8] = r.get(3);
             self.producer.send(OutRecord {
                 topic: &self.topic,
                 key: vehicle,
@@ -127,7 +132,7 @@ impl Publisher {
         for r in join_all(sends).await {
             r?;
         }
-        let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
         sqlx::query(
             "UPDATE incident_outbox SET published_at = clock_timestamp() WHERE seq = ANY($1)",
         )
@@ -137,7 +142,7 @@ impl Publisher {
         tx.commit().await?;
         let now = Utc::now();
         for r in &rows {
-            let created: DateTime<Utc> = r.get(3);
+            let created: DateTime<Utc> = r.get(4);
             metrics::COMMIT_TO_PUBLISH_SECONDS
                 .observe((now - created).num_microseconds().unwrap_or(0) as f64 / 1e6);
         }
