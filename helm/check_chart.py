@@ -200,6 +200,7 @@ def check_toml() -> None:
         "kafka": rust_fields("crates/kafka/src/config.rs", "KafkaConfig"),
         "database": rust_fields("crates/db/src/lib.rs", "DbConfig"),
         "topics": rust_fields("crates/kafka/src/config.rs", "TopicNames"),
+        "object_store": rust_fields("crates/objectstore/src/lib.rs", "ObjectStoreConfig"),
     }
     schemas = {
         "ingest": ("services/ingest/src/config.rs", {
@@ -208,6 +209,9 @@ def check_toml() -> None:
         "persistence": ("services/persistence/src/config.rs", {
             "grpc": "GrpcConfig", "object_store": "ObjectStoreConfig", "retention": "RetentionConfig",
             "writer": "WriterConfig"}),
+        "incident": ("services/incident/src/config.rs", {
+            "grpc": "GrpcConfig", "engine": "EngineConfig", "evidence": "EvidenceConfig",
+            "outbox": "OutboxConfig"}),
     }
     cm = list(yaml.safe_load_all(open(os.path.join(ROOT, "k8s", "01-config.yaml"))))
     data = cm[0]["data"]

@@ -60,6 +60,57 @@ pub enum Command {
     Simulate(Box<SimulateArgs>),
     /// Print the records of a topic as JSON lines.
     Tail(TailArgs),
+    /// Incidents of the incident service: list, acknowledge, resolve.
+    Incidents(IncidentsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IncidentsArgs {
+    /// Incident service gRPC endpoint.
+    #[arg(
+        long,
+        env = "FLEETWATCH_INCIDENT_GRPC_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub incident_grpc_url: String,
+    /// Who acts, recorded in the audit trail.
+    #[arg(long, env = "USER", default_value = "fleetctl")]
+    pub actor: String,
+    #[command(subcommand)]
+    pub command: IncidentsCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IncidentStatusArg {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum IncidentsCommand {
+    /// Newest first: id, status, severity, vehicle, type, triggers, first seen, title.
+    List {
+        #[arg(long)]
+        vehicle: Option<String>,
+        /// Only these statuses (repeatable).
+        #[arg(long, value_enum)]
+        status: Vec<IncidentStatusArg>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// open -> acknowledged.
+    Ack {
+        id: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Mark resolved.
+    Resolve {
+        id: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,8 +180,26 @@ pub enum Protocol {
     Mqtt,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// ~15 s scripted run raising one incident of each rule kind
+    /// (battery, geofence, link loss, person in an image zone).
+    Incidents,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
+    /// Run a scripted scenario with a known outcome instead of a random fleet
+    /// (uses --prefix, --register/--tokens-file, --ingest-url, --center).
+    #[arg(long, value_enum)]
+    pub scenario: Option<Scenario>,
+    /// Incident service gRPC endpoint (the incidents scenario sets up its rules there).
+    #[arg(
+        long,
+        env = "FLEETWATCH_INCIDENT_GRPC_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub incident_grpc_url: String,
     /// Number of simulated vehicles.
     #[arg(long, default_value_t = 5)]
     pub vehicles: usize,

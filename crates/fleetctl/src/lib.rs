@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod connect;
+pub mod incidents;
 pub mod migrate;
 pub mod settings;
 pub mod simulate;
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vehicles(cmd) => vehicles::run(&g, cmd).await?,
         Command::Simulate(args) => return simulate::run(&g, *args).await,
         Command::Tail(args) => tail::run(&g, args).await?,
+        Command::Incidents(args) => incidents::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

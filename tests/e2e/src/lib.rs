@@ -23,6 +23,10 @@ pub struct Stack {
     pub persistence_admin: u16,
     pub ingest: Option<ServiceProcess>,
     pub persistence: Option<ServiceProcess>,
+    pub incident_grpc: u16,
+    pub incident_admin: u16,
+    /// Started only by tests that need it ([`Stack::start_incident`]).
+    pub incident: Option<ServiceProcess>,
 }
 
 impl Stack {
@@ -43,6 +47,9 @@ impl Stack {
             persistence_admin: tk::free_port(),
             ingest: None,
             persistence: None,
+            incident_grpc: tk::free_port(),
+            incident_admin: tk::free_port(),
+            incident: None,
         }
     }
 
@@ -142,6 +149,39 @@ impl Stack {
         ]);
         self.ingest = Some(ServiceProcess::spawn("fleetwatch-ingest", &env));
         wait_ready(self.ingest_admin).await;
+    }
+
+    /// Starts `fleetwatch-incident` (same topics, database and object
+    /// store) and waits until it is ready.
+    pub async fn start_incident(&mut self) {
+        let mut env = self.common_env("incident");
+        let p = "FLEETWATCH_INCIDENT__";
+        env.extend([
+            (
+                format!("{p}GRPC__LISTEN"),
+                format!("127.0.0.1:{}", self.incident_grpc),
+            ),
+            (
+                format!("{p}ADMIN__LISTEN"),
+                format!("127.0.0.1:{}", self.incident_admin),
+            ),
+            (
+                format!("{p}OBJECT_STORE__URL"),
+                format!("file://{}", self.objects.path().display()),
+            ),
+            (
+                format!("{p}ENGINE__GROUP_PREFIX"),
+                format!("incident-{}", tk::unique_suffix()),
+            ),
+            (format!("{p}ENGINE__LINK_LOSS_CHECK_MS"), "200".into()),
+            (format!("{p}ENGINE__RULES_REFRESH_MS"), "200".into()),
+        ]);
+        self.incident = Some(ServiceProcess::spawn("fleetwatch-incident", &env));
+        wait_ready(self.incident_admin).await;
+    }
+
+    pub fn incident_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.incident_grpc)
     }
 
     pub fn http(&self, path: &str) -> String {

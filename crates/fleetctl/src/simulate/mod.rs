@@ -12,6 +12,7 @@ pub mod http;
 pub mod jpeg;
 pub mod mqtt;
 pub mod point;
+pub mod scenario;
 pub mod stats;
 pub mod tokens;
 pub mod track;
@@ -121,6 +122,17 @@ fn stop_on_signal(token: CancellationToken) {
 
 pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
+    if args.scenario.is_some() {
+        let ids = scenario::vehicle_ids(&args.prefix);
+        let tokens = if args.register {
+            let specs: Vec<(String, &'static str)> =
+                ids.iter().map(|id| (id.clone(), "drone")).collect();
+            tokens::register(&g.database_url, &args.tokens_file, &specs).await?
+        } else {
+            tokens::load_all(&args.tokens_file, &ids)?
+        };
+        return scenario::run(&args, &tokens).await;
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let vehicles = fleet(&args.prefix, args.vehicles, args.kind, seed);
     let ids: Vec<String> = vehicles.iter().map(|v| v.id.to_string()).collect();

@@ -1,0 +1,409 @@
+//! The `IncidentService` gRPC API. One mapping from store errors to gRPC
+//! codes: NotFound, FailedPrecondition (illegal lifecycle transitions),
+//! InvalidArgument (naming the field), AlreadyExists, Unavailable.
+// tonic::Status is large; these helpers return it like tonic's handlers do.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use fleetwatch_proto::v1 as pb;
+use fleetwatch_proto::v1::incident_service_server::IncidentService;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+
+use crate::engine::RulesCache;
+use crate::metrics;
+use crate::rules::{Params, Rule};
+use crate::store::{self, OperatorAction, StoreError};
+
+pub struct Api {
+    pub pool: PgPool,
+    pub rules: RulesCache,
+    pub published: Arc<Notify>,
+    pub retention_days: u32,
+}
+
+fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(_) | StoreError::RuleNotFound(_) => Status::not_found(e.to_string()),
+        StoreError::Precondition(m) => Status::failed_precondition(m),
+        StoreError::Conflict(m) if m.starts_with("rule.name") => Status::already_exists(m),
+        StoreError::Conflict(m) => Status::invalid_argument(m),
+        StoreError::Db(e) => {
+            tracing::warn!(error = %e, "database error serving the incident api");
+            Status::unavailable(format!("database unavailable: {e}"))
+        }
+    }
+}
+
+fn db(e: sqlx::Error) -> Status {
+    status(StoreError::Db(e))
+}
+
+/// Counts the call by method and code.
+fn done<T>(method: &'static str, r: Result<T, Status>) -> Result<Response<T>, Status> {
+    let code = match &r {
+        Ok(_) => "Ok".to_string(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    metrics::GRPC_REQUESTS
+        .with_label_values(&[method, &code])
+        .inc();
+    r.map(Response::new)
+}
+
+fn need_id(field: &str, id: i64) -> Result<i64, Status> {
+    if id <= 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must be a positive incident id"
+        )));
+    }
+    Ok(id)
+}
+
+fn need_actor(actor: &str) -> Result<&str, Status> {
+    let a = actor.trim();
+    if a.is_empty() {
+        return Err(Status::invalid_argument(
+            "actor: must name who acts (a user name)",
+        ));
+    }
+    if a.len() > 128 {
+        return Err(Status::invalid_argument("actor: at most 128 characters"));
+    }
+    Ok(a)
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A rule from the API, validated; errors name the field.
+fn rule_from_proto(r: Option<&pb::Rule>, need_id: bool) -> Result<Rule, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("rule: must be set"))?;
+    let mut errs = Vec::new();
+    if need_id && r.id <= 0 {
+        errs.push("rule.id: must be the id of the rule to update".to_string());
+    }
+    if !valid_name(&r.name) {
+        errs.push("rule.name: must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}".into());
+    }
+    if !r.vehicle_id.is_empty() && !fleetwatch_db::valid_vehicle_id(&r.vehicle_id) {
+        errs.push("rule.vehicle_id: not a valid vehicle id".into());
+    }
+    let severity = match pb::Severity::try_from(r.severity) {
+        Ok(s) if s != pb::Severity::Unspecified => s as i16,
+        _ => {
+            errs.push("rule.severity: must be WARNING, MINOR, MAJOR or CRITICAL".into());
+            0
+        }
+    };
+    let params = match Params::from_proto(r.params.as_ref()) {
+        Ok(p) => {
+            errs.extend(p.validate());
+            Some(p)
+        }
+        Err(e) => {
+            errs.push(e);
+            None
+        }
+    };
+    match params {
+        Some(params) if errs.is_empty() => Ok(Rule {
+            id: r.id,
+            name: r.name.clone(),
+            vehicle_id: (!r.vehicle_id.is_empty()).then(|| r.vehicle_id.clone()),
+            severity,
+            enabled: r.enabled,
+            description: r.description.clone(),
+            params,
+            created_us: 0,
+            updated_us: 0,
+        }),
+        _ => Err(Status::invalid_argument(errs.join("; "))),
+    }
+}
+
+impl Api {
+    async fn incident(&self, row: store::IncidentRow) -> Result<pb::Incident, Status> {
+        let clips = store::clip_keys(&self.pool, row.id).await.map_err(db)?;
+        Ok(row.to_proto(clips))
+    }
+
+    async fn act(&self, id: i64, actor: &str, a: OperatorAction) -> Result<pb::Incident, Status> {
+        let row = store::act(&self.pool, id, actor, &a, self.retention_days)
+            .await
+            .map_err(status)?;
+        self.published.notify_one();
+        self.incident(row).await
+    }
+
+    async fn rules_changed(&self) {
+        if let Err(e) = self.rules.reload(&self.pool).await {
+            tracing::warn!(error = %e, "cannot reload rules after a change; the periodic reload will");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IncidentService for Api {
+    async fn list_incidents(
+        &self,
+        req: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        let r = async {
+            let q = req.into_inner();
+            if q.limit > 1000 {
+                return Err(Status::invalid_argument("limit: at most 1000"));
+            }
+            if q.before_id < 0 {
+                return Err(Status::invalid_argument("before_id: must not be negative"));
+            }
+            let mut statuses = Vec::new();
+            for s in &q.statuses {
+                match pb::IncidentStatus::try_from(*s) {
+                    Ok(pb::IncidentStatus::Open) => statuses.push("open".to_string()),
+                    Ok(pb::IncidentStatus::Acknowledged) => statuses.push("acknowledged".into()),
+                    Ok(pb::IncidentStatus::Resolved) => statuses.push("resolved".into()),
+                    _ => {
+                        return Err(Status::invalid_argument(format!(
+                            "statuses: {s} is not a status"
+                        )));
+                    }
+                }
+            }
+            let min_severity = match pb::Severity::try_from(q.min_severity) {
+                Ok(pb::Severity::Unspecified) => None,
+                Ok(s) => Some(s as i16),
+                Err(_) => return Err(Status::invalid_argument("min_severity: not a severity")),
+            };
+            let limit = if q.limit == 0 {
+                100
+            } else {
+                i64::from(q.limit)
+            };
+            let f = store::Filter {
+                vehicle_id: (!q.vehicle_id.is_empty()).then_some(q.vehicle_id),
+                statuses,
+                rule_id: (q.rule_id != 0).then_some(q.rule_id),
+                min_severity,
+                before_id: (q.before_id != 0).then_some(q.before_id),
+                limit,
+            };
+            let rows = store::list(&self.pool, &f).await.map_err(db)?;
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            let mut clips = store::clip_keys_many(&self.pool, &ids).await.map_err(db)?;
+            let next = if rows.len() as i64 == limit {
+                rows.last().map(|r| r.id).unwrap_or(0)
+            } else {
+                0
+            };
+            Ok(pb::ListIncidentsResponse {
+                incidents: rows
+                    .into_iter()
+                    .map(|r| {
+                        let c = clips.remove(&r.id).unwrap_or_default();
+                        r.to_proto(c)
+                    })
+                    .collect(),
+                next_before_id: next,
+            })
+        }
+        .await;
+        done("ListIncidents", r)
+    }
+
+    async fn get_incident(
+        &self,
+        req: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::IncidentDetail>, Status> {
+        let r = async {
+            let id = need_id("id", req.into_inner().id)?;
+            let row = store::get(&self.pool, id)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| Status::not_found(format!("incident {id} not found")))?;
+            let audit = store::audit(&self.pool, id).await.map_err(db)?;
+            Ok(pb::IncidentDetail {
+                incident: Some(self.incident(row).await?),
+                audit,
+            })
+        }
+        .await;
+        done("GetIncident", r)
+    }
+
+    async fn acknowledge_incident(
+        &self,
+        req: Request<pb::IncidentActionRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            let id = need_id("incident_id", q.incident_id)?;
+            let actor = need_actor(&q.actor)?;
+            self.act(
+                id,
+                actor,
+                OperatorAction::Acknowledge {
+                    note: q.note.clone(),
+                },
+            )
+            .await
+        }
+        .await;
+        done("AcknowledgeIncident", r)
+    }
+
+    async fn assign_incident(
+        &self,
+        req: Request<pb::AssignIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            let id = need_id("incident_id", q.incident_id)?;
+            let actor = need_actor(&q.actor)?;
+            if q.assignee.len() > 128 {
+                return Err(Status::invalid_argument("assignee: at most 128 characters"));
+            }
+            self.act(
+                id,
+                actor,
+                OperatorAction::Assign {
+                    assignee: q.assignee.trim().to_string(),
+                },
+            )
+            .await
+        }
+        .await;
+        done("AssignIncident", r)
+    }
+
+    async fn comment_incident(
+        &self,
+        req: Request<pb::CommentIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            let id = need_id("incident_id", q.incident_id)?;
+            let actor = need_actor(&q.actor)?;
+            if q.text.trim().is_empty() {
+                return Err(Status::invalid_argument("text: must not be empty"));
+            }
+            if q.text.len() > 10_000 {
+                return Err(Status::invalid_argument("text: at most 10000 bytes"));
+            }
+            self.act(
+                id,
+                actor,
+                OperatorAction::Comment {
+                    text: q.text.clone(),
+                },
+            )
+            .await
+        }
+        .await;
+        done("CommentIncident", r)
+    }
+
+    async fn resolve_incident(
+        &self,
+        req: Request<pb::IncidentActionRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            let id = need_id("incident_id", q.incident_id)?;
+            let actor = need_actor(&q.actor)?;
+            self.act(
+                id,
+                actor,
+                OperatorAction::Resolve {
+                    note: q.note.clone(),
+                },
+            )
+            .await
+        }
+        .await;
+        done("ResolveIncident", r)
+    }
+
+    async fn list_rules(
+        &self,
+        req: Request<pb::ListRulesRequest>,
+    ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            let rules = store::load_rules(&self.pool).await.map_err(db)?;
+            Ok(pb::ListRulesResponse {
+                rules: rules
+                    .iter()
+                    .filter(|r| q.include_disabled || r.enabled)
+                    .filter(|r| {
+                        q.vehicle_id.is_empty()
+                            || r.vehicle_id.is_none()
+                            || r.vehicle_id.as_deref() == Some(q.vehicle_id.as_str())
+                    })
+                    .map(Rule::to_proto)
+                    .collect(),
+            })
+        }
+        .await;
+        done("ListRules", r)
+    }
+
+    async fn create_rule(
+        &self,
+        req: Request<pb::CreateRuleRequest>,
+    ) -> Result<Response<pb::Rule>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            let rule = rule_from_proto(q.rule.as_ref(), false)?;
+            let created = store::create_rule(&self.pool, &rule)
+                .await
+                .map_err(status)?;
+            self.rules_changed().await;
+            Ok(created.to_proto())
+        }
+        .await;
+        done("CreateRule", r)
+    }
+
+    async fn update_rule(
+        &self,
+        req: Request<pb::UpdateRuleRequest>,
+    ) -> Result<Response<pb::Rule>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            let rule = rule_from_proto(q.rule.as_ref(), true)?;
+            let updated = store::update_rule(&self.pool, &rule)
+                .await
+                .map_err(status)?;
+            self.rules_changed().await;
+            Ok(updated.to_proto())
+        }
+        .await;
+        done("UpdateRule", r)
+    }
+
+    async fn disable_rule(
+        &self,
+        req: Request<pb::DisableRuleRequest>,
+    ) -> Result<Response<pb::Rule>, Status> {
+        let q = req.into_inner();
+        let r = async {
+            if q.id <= 0 {
+                return Err(Status::invalid_argument("id: must be a positive rule id"));
+            }
+            let rule = store::disable_rule(&self.pool, q.id)
+                .await
+                .map_err(status)?;
+            self.rules_changed().await;
+            Ok(rule.to_proto())
+        }
+        .await;
+        done("DisableRule", r)
+    }
+}

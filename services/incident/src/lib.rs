@@ -1,0 +1,262 @@
+//! Fleetwatch incident service: evaluates rules (threshold, geofence, link
+//! loss, detection class) on `fleet.telemetry.v1` and `fleet.detections.v1`,
+//! keeps one unresolved incident per (vehicle, rule) in Postgres with its
+//! lifecycle and audit trail, collects evidence clips from
+//! `fleet.frames.v1`, publishes lifecycle events to `fleet.incidents.v1`
+//! through a transactional outbox, and serves the `IncidentService` gRPC API.
+
+pub mod api;
+pub mod clips;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod outbox;
+pub mod rules;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleetwatch_common::Shutdown;
+use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_kafka::{Consumer, Producer};
+use fleetwatch_proto::v1::incident_service_server::IncidentServiceServer;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+
+/// A started service: where it listens, and the task that ends after shutdown.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub readiness: Readiness,
+    /// Ends once consumers finished their in-flight batch, the outbox is
+    /// drained (bounded), producers are flushed and the servers stopped.
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Connects, binds and spawns everything; returns once the service is up.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running> {
+    metrics::init();
+    let pool = fleetwatch_db::connect_checked(&config.database)
+        .await
+        .context("cannot use the database")?;
+    let (store, store_shown) = fleetwatch_objectstore::open(&config.object_store)
+        .context("cannot open the object store")?;
+    let dlq = Producer::new(&config.kafka, "fleetwatch-incident-dlq")
+        .context("cannot create the DLQ producer")?;
+    // Events are few and latency-bound: send at once instead of lingering.
+    let mut events_kafka = config.kafka.clone();
+    events_kafka.producer.linger_ms = events_kafka.producer.linger_ms.min(1);
+    let events = Producer::new(&events_kafka, "fleetwatch-incident-events")
+        .context("cannot create the events producer")?;
+    let consumer = |suffix: &str, topic: &str| -> anyhow::Result<Consumer> {
+        let mut k = config.kafka.clone();
+        k.consumer.group_id = format!("{}-{suffix}", config.engine.group_prefix);
+        // Incidents are latency-bound: do not let a fetch idle for
+        // librdkafka's default 500 ms (kafka.properties may override).
+        k.properties
+            .entry("fetch.wait.max.ms".into())
+            .or_insert_with(|| "10".into());
+        Consumer::new(
+            &k,
+            &format!("fleetwatch-incident-{suffix}"),
+            &[topic],
+            dlq.clone(),
+        )
+        .with_context(|| format!("cannot consume {topic}"))
+    };
+    // One consumer per topic: a backlog of frames never delays rule evaluation.
+    let telemetry_consumer = consumer("telemetry", &config.topics.telemetry)?;
+    let detections_consumer = consumer("detections", &config.topics.detections)?;
+    let frames_consumer = if config.evidence.clips {
+        Some(consumer("frames", &config.topics.frames)?)
+    } else {
+        None
+    };
+
+    let rules = engine::RulesCache::default();
+    rules
+        .reload(&pool)
+        .await
+        .context("cannot load the incident rules")?;
+    let published = Arc::new(Notify::new());
+    let clip = config.evidence.clips.then_some(store::ClipWindow {
+        before_us: (config.evidence.clip_before_secs * 1e6) as i64,
+        after_us: (config.evidence.clip_after_secs * 1e6) as i64,
+    });
+    let engine = engine::Engine {
+        pool: pool.clone(),
+        rules: rules.clone(),
+        published: published.clone(),
+        clip,
+    };
+
+    let readiness = Readiness::default();
+    let (admin_addr, admin_task) =
+        admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(config.grpc.listen)
+        .await
+        .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
+    let grpc_addr = listener.local_addr()?;
+
+    let mut consumers = vec![
+        tokio::spawn(
+            telemetry_consumer.run(engine::TelemetryHandler(engine.clone()), shutdown.clone()),
+        ),
+        tokio::spawn(
+            detections_consumer.run(engine::DetectionsHandler(engine.clone()), shutdown.clone()),
+        ),
+    ];
+    let mut background = vec![
+        tokio::spawn(engine::refresh_rules(
+            pool.clone(),
+            rules.clone(),
+            Duration::from_millis(config.engine.rules_refresh_ms),
+            shutdown.clone(),
+        )),
+        tokio::spawn(engine::link_loss_loop(
+            engine.clone(),
+            Duration::from_millis(config.engine.link_loss_check_ms),
+            shutdown.clone(),
+        )),
+        tokio::spawn(watch_readiness(
+            pool.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        )),
+    ];
+    if let Some(frames_consumer) = frames_consumer {
+        let keep_us = ((config.evidence.clip_before_secs + config.evidence.clip_after_secs + 10.0)
+            * 1e6) as i64;
+        let clips = Arc::new(clips::Clips::new(
+            pool.clone(),
+            store,
+            keep_us,
+            (config.evidence.buffer_max_mib * 1024 * 1024) as usize,
+        ));
+        consumers.push(tokio::spawn(
+            frames_consumer.run(clips::FramesHandler(clips.clone()), shutdown.clone()),
+        ));
+        background.push(tokio::spawn(clips::tick(clips, shutdown.clone())));
+    }
+    // The publisher outlives the consumers' last commits: it stops on its
+    // own token, cancelled once they are done.
+    let publisher_stop = Shutdown::new();
+    let publisher = tokio::spawn(
+        outbox::Publisher {
+            pool: pool.clone(),
+            producer: events.clone(),
+            topic: config.topics.incidents.clone(),
+            notify: published.clone(),
+            poll: Duration::from_millis(config.outbox.poll_interval_ms),
+            batch: config.outbox.batch_size,
+            keep_published_hours: config.outbox.keep_published_hours,
+        }
+        .run(publisher_stop.clone()),
+    );
+    let grpc_task = tokio::spawn(serve_grpc(
+        listener,
+        api::Api {
+            pool: pool.clone(),
+            rules,
+            published,
+            retention_days: config.evidence.retention_days,
+        },
+        shutdown.clone(),
+    ));
+
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, objects = %store_shown,
+        telemetry = %config.topics.telemetry, detections = %config.topics.detections,
+        frames = %config.topics.frames, incidents = %config.topics.incidents,
+        "incident service started");
+
+    let handle = tokio::spawn(async move {
+        for c in consumers {
+            c.await.context("a consumer task failed")?;
+        }
+        let grpc = grpc_task.await.context("the gRPC server task failed")?;
+        publisher_stop.cancel();
+        let _ = publisher.await;
+        let flushed = tokio::task::spawn_blocking(move || {
+            let a = dlq.flush(Duration::from_secs(10));
+            let b = events.flush(Duration::from_secs(10));
+            a.and(b)
+        })
+        .await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "producers did not flush in time");
+        }
+        for t in background {
+            let _ = t.await;
+        }
+        let _ = admin_task.await;
+        pool.close().await;
+        grpc
+    });
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        readiness,
+        handle,
+    })
+}
+
+/// `start`, then wait until shutdown completes.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let running = start(config, shutdown).await?;
+    running.handle.await.context("the service task failed")?
+}
+
+/// Ready while the database answers (consumers are running by then).
+async fn watch_readiness(pool: sqlx::PgPool, readiness: Readiness, shutdown: Shutdown) {
+    loop {
+        let ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if ok != readiness.is_ready() {
+            if ok {
+                tracing::info!("ready");
+            } else {
+                tracing::warn!("database unreachable; not ready");
+            }
+        }
+        readiness.set(ok);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    readiness.set(false);
+}
+
+async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    service: api::Api,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<IncidentServiceServer<api::Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleetwatch_proto::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build gRPC reflection")?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(IncidentServiceServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
+        .context("gRPC server failed")
+}
