@@ -41,8 +41,10 @@ pub async fn ensure_topics(
     config: &KafkaConfig,
     specs: &[TopicSpec],
 ) -> Result<Vec<(String, Created)>, AdminError> {
-    let admin: AdminClient<DefaultClientContext> =
-        config.base().create().map_err(AdminError::Client)?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .with_properties(config.base())
+        .create()
+        .map_err(AdminError::Client)?;
     let new: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {

@@ -164,6 +164,12 @@ impl KafkaConfig {
     pub(crate) fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap_servers);
+        c
+    }
+
+    /// `properties` go last so an explicit librdkafka setting wins over the
+    /// typed fields above it.
+    pub(crate) fn with_properties(&self, mut c: ClientConfig) -> ClientConfig {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -186,7 +192,7 @@ impl KafkaConfig {
             .set("message.timeout.ms", p.delivery_timeout_ms.to_string())
             .set("message.max.bytes", p.max_message_bytes.to_string())
             .set("compression.type", &p.compression);
-        c
+        self.with_properties(c)
     }
 
     pub(crate) fn consumer_client_config(&self, client_id: &str) -> ClientConfig {
@@ -211,7 +217,7 @@ impl KafkaConfig {
                 k.partition_fetch_max_bytes.to_string(),
             )
             .set("enable.partition.eof", "false");
-        c
+        self.with_properties(c)
     }
 }
 
