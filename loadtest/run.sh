@@ -44,10 +44,14 @@ scenario_args() {
     case "$1" in
         # 200 vehicles x 100 points/s = 20,000 points/s offered, 1 request per vehicle per second.
         http-batch100) echo "--protocol http --vehicles 200 --rate 100 --batch 100" ;;
+        http-50k) echo "--protocol http --vehicles 250 --rate 200 --batch 100" ;;
+        grpc-50k) echo "--protocol grpc --vehicles 250 --rate 200 --batch 100 --stream-window 2" ;;
         grpc-chunk100) echo "--protocol grpc --vehicles 200 --rate 100 --batch 100 --stream-window 2" ;;
         # One point per MQTT message, QoS 1: 100 vehicles x 20 points/s = 2,000 messages/s offered.
         mqtt-single) echo "--protocol mqtt --vehicles 100 --rate 20 --batch 1 --mqtt 127.0.0.1:1883 --mqtt-topic-prefix $MQTT_PREFIX" ;;
         # Fixed 5,000 points/s, well below saturation, for latency: 50 vehicles x 100 points/s in batches of 10.
+        mqtt-10k) echo "--protocol mqtt --vehicles 200 --rate 50 --batch 1 --mqtt 127.0.0.1:1883 --mqtt-topic-prefix $MQTT_PREFIX" ;;
+        mqtt-batch10) echo "--protocol mqtt --vehicles 200 --rate 100 --batch 10 --mqtt 127.0.0.1:1883 --mqtt-topic-prefix $MQTT_PREFIX" ;;
         http-fixed-5k) echo "--protocol http --vehicles 50 --rate 100 --batch 10" ;;
         # Closed loop: 32 vehicles each sending 100-point batches as fast as they are acknowledged.
         http-max) echo "--protocol http --vehicles 32 --rate 0 --batch 100" ;;

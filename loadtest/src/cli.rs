@@ -71,7 +71,7 @@ pub struct RunArgs {
     /// next batch as soon as the previous one is acknowledged).
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
-    /// Points per HTTP request / gRPC chunk. MQTT always sends one point per message.
+    /// Points per HTTP request / gRPC chunk / MQTT message (1 = one JSON object per message, more = one array).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// HTTP body format.

@@ -237,16 +237,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             .collect::<anyhow::Result<Vec<_>>>()?,
         _ => Vec::new(),
     };
-    let mqtt = match args.protocol {
-        Protocol::Mqtt => (0..args.mqtt_connections)
-            .map(|n| MqttConn::start(&args.mqtt, n, ctx.clone()))
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        _ => Vec::new(),
-    };
     let batch = if args.protocol == Protocol::Mqtt {
         args.batch.min(args.rate.max(1.0) as usize).max(1)
     } else {
         args.batch
+    };
+    let mqtt = match args.protocol {
+        Protocol::Mqtt => (0..args.mqtt_connections)
+            .map(|n| MqttConn::start(&args.mqtt, n, batch as u64, ctx.clone()))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        _ => Vec::new(),
     };
     let target = match args.protocol {
         Protocol::Http => http_url.to_string(),

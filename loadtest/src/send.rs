@@ -373,8 +373,9 @@ impl GrpcSender {
 
 // ---------------------------------------------------------------- MQTT
 
-/// One MQTT connection shared by several vehicles; PUBACKs are counted as
-/// acknowledged points (the ingest bridge takes over from the broker).
+/// One MQTT connection shared by several vehicles; each PUBACK counts as
+/// `points_per_message` acknowledged points (the ingest bridge takes over
+/// from the broker).
 pub struct MqttConn {
     pub client: AsyncClient,
     task: JoinHandle<()>,
@@ -382,7 +383,7 @@ pub struct MqttConn {
 }
 
 impl MqttConn {
-    pub fn start(addr: &str, n: usize, ctx: Ctx) -> anyhow::Result<Self> {
+    pub fn start(addr: &str, n: usize, points_per_message: u64, ctx: Ctx) -> anyhow::Result<Self> {
         let (host, port) = parse_addr(addr)?;
         let id = format!("fleetwatch-loadtest-{:08x}-{n}", rand::random::<u32>());
         let mut opts = MqttOptions::new(id, host, port);
@@ -391,7 +392,13 @@ impl MqttConn {
             .set_max_packet_size(1 << 20, 1 << 20);
         let (client, eventloop) = AsyncClient::new(opts, 10_000);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(drive(eventloop, ctx, stop.clone(), addr.to_string()));
+        let task = tokio::spawn(drive(
+            eventloop,
+            ctx,
+            stop.clone(),
+            addr.to_string(),
+            points_per_message,
+        ));
         Ok(Self { client, task, stop })
     }
 
@@ -403,7 +410,13 @@ impl MqttConn {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, ctx: Ctx, stop: CancellationToken, addr: String) {
+async fn drive(
+    mut eventloop: EventLoop,
+    ctx: Ctx,
+    stop: CancellationToken,
+    addr: String,
+    points_per_message: u64,
+) {
     let c = ctx.counters;
     loop {
         let ev = tokio::select! {
@@ -412,7 +425,7 @@ async fn drive(mut eventloop: EventLoop, ctx: Ctx, stop: CancellationToken, addr
         };
         match ev {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
-                c.acked.fetch_add(1, Relaxed);
+                c.acked.fetch_add(points_per_message, Relaxed);
                 c.requests.fetch_add(1, Relaxed);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -434,7 +447,8 @@ async fn drive(mut eventloop: EventLoop, ctx: Ctx, stop: CancellationToken, addr
     }
 }
 
-/// One JSON object per message on `<topic prefix>/fleet/<id>/telemetry`, QoS 1.
+/// `<topic prefix>/fleet/<id>/telemetry` at QoS 1: one JSON object per
+/// message, or one array per batch.
 pub struct MqttSender {
     pub client: AsyncClient,
     pub topic: String,
@@ -453,24 +467,47 @@ pub fn mqtt_topic(prefix: &str, vehicle_id: &str) -> String {
 }
 
 impl MqttSender {
+    /// One point per message for `--batch 1`; a larger batch goes as one
+    /// JSON-array message, as a vehicle buffering its samples would send it.
     async fn send(&mut self, points: &[Pt], sent_us: i64) {
+        if points.len() > 1 {
+            crate::points::write_body(
+                &mut self.buf,
+                crate::points::BodyFormat::Json,
+                &self.vehicle_id,
+                points,
+                sent_us,
+            );
+            self.publish().await;
+            return;
+        }
         for p in points {
             self.buf.clear();
             crate::points::write_point(&mut self.buf, &self.vehicle_id, p, sent_us);
-            // Waits while the client's queue is full: MQTT back-pressure slows the vehicle.
-            let publish = self.client.publish(
-                self.topic.as_str(),
-                QoS::AtLeastOnce,
-                false,
-                self.buf.as_slice(),
-            );
-            tokio::select! {
-                r = publish => if let Err(e) = r {
+            if !self.publish().await {
+                return;
+            }
+        }
+    }
+
+    /// Publishes `buf`; false once the run is aborted.
+    async fn publish(&mut self) -> bool {
+        // Waits while the client's queue is full: MQTT back-pressure slows the vehicle.
+        let publish = self.client.publish(
+            self.topic.as_str(),
+            QoS::AtLeastOnce,
+            false,
+            self.buf.as_slice(),
+        );
+        tokio::select! {
+            r = publish => {
+                if let Err(e) = r {
                     self.ctx.counters.error(ErrorKind::Connection, || format!("MQTT publish: {e}"));
                     self.ctx.counters.failed.fetch_add(1, Relaxed);
-                },
-                _ = self.ctx.abort.cancelled() => return,
+                }
+                true
             }
+            _ = self.ctx.abort.cancelled() => false,
         }
     }
 }
