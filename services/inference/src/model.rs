@@ -465,7 +465,8 @@ impl Runtime for OrtRuntime {
         let (shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(|e| ModelError::Run(e.to_string()))?;
-        output(shape.as_ref(), data, n, self.info.rows)
+        let dims: &[i64] = shape;
+        output(dims, data, n, self.info.rows)
     }
 }
 
@@ -545,7 +546,7 @@ impl Runtime for TractRuntime {
             .first()
             .ok_or_else(|| ModelError::Run("the model returned no output".into()))?;
         let view = out
-            .to_array_view::<f32>()
+            .to_plain_array_view::<f32>()
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;
         let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
         let data: Vec<f32> = view.iter().copied().collect();

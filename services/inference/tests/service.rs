@@ -185,12 +185,12 @@ async fn grpc_detect_and_get_model() {
     assert_eq!((m.input_width, m.input_height), (64, 64));
     assert_eq!(m.class_names, vec!["red", "green", "blue", "dark"]);
 
-    let mut health = tonic_health::pb::health_client::HealthClient::connect(format!(
-        "http://{}",
-        h.running.grpc_addr
-    ))
-    .await
-    .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.running.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let s = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "fleetwatch.v1.InferenceService".into(),
