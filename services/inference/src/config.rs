@@ -219,7 +219,8 @@ impl Validate for Config {
                 errs.push("model.path: must be set when model.source = \"path\"".into())
             }
             ModelSource::ObjectStore => {
-                if let Err(e) = fleetwatch_objectstore::ObjectLocation::parse(&self.object_store.url)
+                if let Err(e) =
+                    fleetwatch_objectstore::ObjectLocation::parse(&self.object_store.url)
                 {
                     errs.push(format!("object_store.url: {e}"));
                 }

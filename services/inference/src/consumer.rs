@@ -217,11 +217,15 @@ impl BatchHandler for FramesHandler {
         }
         // Counted once the batch succeeded, so a retried batch counts once.
         if skipped > 0 {
-            metrics::SKIPPED.with_label_values(&["stale"]).inc_by(skipped);
+            metrics::SKIPPED
+                .with_label_values(&["stale"])
+                .inc_by(skipped);
         }
         for (_, label) in &rejected {
             metrics::REJECTED.with_label_values(&[label]).inc();
         }
+        // Dead letters in the order the records came.
+        rejected.sort_by_key(|(r, _)| r.index);
         Ok(rejected.into_iter().map(|(r, _)| r).collect())
     }
 }

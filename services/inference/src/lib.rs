@@ -55,7 +55,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     };
     let loader = source::ModelLoader::new(config.model.clone(), store);
     let marker = loader.marker().await.context("cannot find the model")?;
-    let model = loader.load(&marker).await.context("cannot load the model")?;
+    let model = loader
+        .load(&marker)
+        .await
+        .context("cannot load the model")?;
     tracing::info!(name = %model.name, version = %model.version, runtime = model.runtime_kind.as_str(),
         input = %format!("{}x{}", model.info.width, model.info.height), classes = model.info.classes(),
         "model loaded");
@@ -155,8 +158,7 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            InferenceServiceServer::new(service)
-                .max_decoding_message_size(64 * 1024 * 1024),
+            InferenceServiceServer::new(service).max_decoding_message_size(64 * 1024 * 1024),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

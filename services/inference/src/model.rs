@@ -216,7 +216,9 @@ pub fn parse_ultralytics_names(s: &str) -> Result<Vec<String>, ModelError> {
     let mut out: Vec<(usize, String)> = Vec::new();
     let mut rest = body.trim();
     while !rest.is_empty() {
-        let colon = rest.find(':').ok_or_else(|| bad("has an entry without ':'"))?;
+        let colon = rest
+            .find(':')
+            .ok_or_else(|| bad("has an entry without ':'"))?;
         let id: usize = rest[..colon]
             .trim()
             .parse()
@@ -537,8 +539,9 @@ impl Runtime for TractRuntime {
         use tract_onnx::prelude::*;
         let plan = self.plan(n)?;
         let shape = [n, 3, self.info.height, self.info.width];
-        let tensor = tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&shape), input.to_vec())
-            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let tensor =
+            tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&shape), input.to_vec())
+                .map_err(|e| ModelError::Run(e.to_string()))?;
         let result = plan
             .run(tvec!(Tensor::from(tensor).into()))
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;

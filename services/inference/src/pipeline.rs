@@ -176,7 +176,11 @@ impl Pipeline {
     }
 
     /// Decodes, letterboxes and infers one JPEG.
-    pub async fn detect(&self, data: Vec<u8>, when_full: WhenFull) -> Result<Detected, DetectError> {
+    pub async fn detect(
+        &self,
+        data: Vec<u8>,
+        when_full: WhenFull,
+    ) -> Result<Detected, DetectError> {
         let permit = self
             .decoders
             .clone()
@@ -329,13 +333,19 @@ impl Worker {
                         height: j.letterbox.orig_h,
                     }));
                 }
-                metrics::FRAMES.with_label_values(&["inferred"]).inc_by(n as u64);
+                metrics::FRAMES
+                    .with_label_values(&["inferred"])
+                    .inc_by(n as u64);
             }
             Err(e) => {
-                metrics::FRAMES.with_label_values(&["failed"]).inc_by(n as u64);
+                metrics::FRAMES
+                    .with_label_values(&["failed"])
+                    .inc_by(n as u64);
                 tracing::warn!(error = %e, frames = n, model = %model.name, version = %model.version, "inference failed");
                 for j in jobs {
-                    let _ = j.reply.send(Err(DetectError::Model(ModelError::Run(e.to_string()))));
+                    let _ = j
+                        .reply
+                        .send(Err(DetectError::Model(ModelError::Run(e.to_string()))));
                 }
             }
         }

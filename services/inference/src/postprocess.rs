@@ -40,7 +40,13 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 }
 
 /// `out` is one image's `[rows, anchors]` slice (rows = 4 + classes).
-pub fn detect(out: &[f32], rows: usize, anchors: usize, lb: &Letterbox, t: Thresholds) -> Vec<Found> {
+pub fn detect(
+    out: &[f32],
+    rows: usize,
+    anchors: usize,
+    lb: &Letterbox,
+    t: Thresholds,
+) -> Vec<Found> {
     let classes = rows - 4;
     let row = |r: usize| &out[r * anchors..(r + 1) * anchors];
     // Best class per anchor, scanning class rows (contiguous memory).
@@ -157,7 +163,10 @@ mod tests {
             orig_w: 200,
             orig_h: 100,
         };
-        let out = output(&[(50.0, 50.0, 20.0, 20.0, 0, 0.9), (2.0, 30.0, 10.0, 10.0, 1, 0.5)]);
+        let out = output(&[
+            (50.0, 50.0, 20.0, 20.0, 0, 0.9),
+            (2.0, 30.0, 10.0, 10.0, 1, 0.5),
+        ]);
         let f = detect(&out, 6, 2, &lb, T);
         // x 40..60 -> 80..120 of 200; y 40..60 -> 30..70 of 100.
         assert!((f[0].x_min - 0.4).abs() < 1e-6 && (f[0].x_max - 0.6).abs() < 1e-6);

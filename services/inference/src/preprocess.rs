@@ -166,23 +166,16 @@ pub fn letterbox_into(img: &Rgb, dst_w: usize, dst_h: usize, out: &mut [f32]) ->
 }
 
 fn resize(img: &Rgb, nw: u32, nh: u32) -> Vec<u8> {
-    let src = match fr::images::ImageRef::new(
-        img.width,
-        img.height,
-        &img.pixels,
-        fr::PixelType::U8x3,
-    ) {
-        Ok(s) => s,
-        // decode_jpeg guarantees the buffer size; keep the frame usable anyway.
-        Err(_) => return vec![114; nw as usize * nh as usize * 3],
-    };
+    let src =
+        match fr::images::ImageRef::new(img.width, img.height, &img.pixels, fr::PixelType::U8x3) {
+            Ok(s) => s,
+            // decode_jpeg guarantees the buffer size; keep the frame usable anyway.
+            Err(_) => return vec![114; nw as usize * nh as usize * 3],
+        };
     let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
     let options =
         fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-    if fr::Resizer::new()
-        .resize(&src, &mut dst, &options)
-        .is_err()
-    {
+    if fr::Resizer::new().resize(&src, &mut dst, &options).is_err() {
         return vec![114; nw as usize * nh as usize * 3];
     }
     dst.into_vec()

@@ -51,7 +51,10 @@ pub enum SourceError {
 /// What identifies the model version the source points at now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Marker {
-    File { len: u64, modified: Option<std::time::SystemTime> },
+    File {
+        len: u64,
+        modified: Option<std::time::SystemTime>,
+    },
     Version(String),
 }
 
@@ -184,9 +187,7 @@ impl ModelLoader {
         let options = self.options.clone();
         let (n, v) = (name.clone(), version.clone());
         let loaded = tokio::task::spawn_blocking(move || -> Result<Model, ModelError> {
-            let names = names_file
-                .map(|p| model::read_names_file(&p))
-                .transpose()?;
+            let names = names_file.map(|p| model::read_names_file(&p)).transpose()?;
             let info = model::inspect(&bytes, names)?;
             let runtime = model::load_runtime(kind, &bytes, &info, &options)?;
             Ok(Model::new(n, v, kind, info, runtime))

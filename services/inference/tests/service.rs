@@ -28,24 +28,33 @@ async fn frames_become_detections_and_bad_frames_go_to_the_dlq() {
     })
     .await;
     let t0 = 1_700_000_000_000_000i64;
-    h.send_frame(&frame("drone-1", t0, "f1", two_objects())).await;
+    h.send_frame(&frame("drone-1", t0, "f1", two_objects()))
+        .await;
     // Never inferable, each for its own reason.
     h.send_raw("drone-1", b"\xff\xff not protobuf").await;
     h.send_frame(&frame("drone-1", t0 + 1, "bad-magic", b"GIF89a".to_vec()))
         .await;
     let good = two_objects();
-    h.send_frame(&frame("drone-1", t0 + 2, "truncated", good[..good.len() / 2].to_vec()))
+    h.send_frame(&frame(
+        "drone-1",
+        t0 + 2,
+        "truncated",
+        good[..good.len() / 2].to_vec(),
+    ))
+    .await;
+    h.send_frame(&frame("drone-1", t0 + 3, "empty", vec![]))
         .await;
-    h.send_frame(&frame("drone-1", t0 + 3, "empty", vec![])).await;
     h.send_frame(&frame("drone-1", t0 + 4, "huge", jpeg(300, 100, &[])))
         .await;
     let mut padded = two_objects();
     padded.extend(vec![0u8; 30_000]);
-    h.send_frame(&frame("drone-1", t0 + 5, "heavy", padded)).await;
+    h.send_frame(&frame("drone-1", t0 + 5, "heavy", padded))
+        .await;
     // The service keeps going: later frames are inferred.
     h.send_frame(&frame("drone-1", t0 + 6, "blank", jpeg(128, 64, &[])))
         .await;
-    h.send_frame(&frame("drone-1", t0 + 7, "f2", two_objects())).await;
+    h.send_frame(&frame("drone-1", t0 + 7, "f2", two_objects()))
+        .await;
 
     let out = decode_batches(&read_topic(&h.bootstrap, &h.topics.detections, 3, WAIT).await);
     let ids: Vec<&str> = out.iter().map(|b| b.frame_id.as_str()).collect();
@@ -53,7 +62,10 @@ async fn frames_become_detections_and_bad_frames_go_to_the_dlq() {
     let b = &out[0];
     assert_eq!(b.vehicle_id, "drone-1");
     assert_eq!(b.time_unix_us, t0);
-    assert_eq!((b.model_name.as_str(), b.model_version.as_str()), ("tiny", "t1"));
+    assert_eq!(
+        (b.model_name.as_str(), b.model_version.as_str()),
+        ("tiny", "t1")
+    );
     assert_eq!(b.source, "inference");
     assert_eq!(
         b.frame_key,
@@ -63,7 +75,10 @@ async fn frames_become_detections_and_bad_frames_go_to_the_dlq() {
     assert_eq!(b.detections[0].class_name, "red");
     let bb = b.detections[0].bbox.unwrap();
     assert_box([bb.x_min, bb.y_min, bb.x_max, bb.y_max], RED_BOX);
-    assert!(out[1].detections.is_empty(), "a blank frame publishes an empty batch");
+    assert!(
+        out[1].detections.is_empty(),
+        "a blank frame publishes an empty batch"
+    );
 
     let dlq = read_topic(&h.bootstrap, &format!("{}.dlq", h.topics.frames), 6, WAIT).await;
     let reasons: Vec<String> = dlq.iter().map(|r| r.header("dlq-error").unwrap()).collect();
@@ -78,7 +93,11 @@ async fn frames_become_detections_and_bad_frames_go_to_the_dlq() {
     .iter()
     .enumerate()
     {
-        assert!(reasons[i].contains(want), "dlq[{i}] = {:?}, expected {want:?}", reasons[i]);
+        assert!(
+            reasons[i].contains(want),
+            "dlq[{i}] = {:?}, expected {want:?}",
+            reasons[i]
+        );
     }
     assert_eq!(
         dlq[0].header("dlq-source-topic").as_deref(),
@@ -97,7 +116,10 @@ async fn stale_frames_are_skipped_and_fresh_ones_are_not_blocked() {
     h.send_frame(&frame("vessel-1", now, "fresh", two_objects()))
         .await;
     let out = decode_batches(&read_topic(&h.bootstrap, &h.topics.detections, 1, WAIT).await);
-    assert_eq!(out[0].frame_id, "fresh", "the stale frame came first and was skipped");
+    assert_eq!(
+        out[0].frame_id, "fresh",
+        "the stale frame came first and was skipped"
+    );
     // Same partition, in order: the fresh frame's batch was acked after the
     // stale one was handled, so nothing more can come for it.
     let skipped = fleetwatch_inference::metrics::SKIPPED
@@ -150,7 +172,11 @@ async fn grpc_detect_and_get_model() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().starts_with("vehicle_id:"), "{}", err.message());
+    assert!(
+        err.message().starts_with("vehicle_id:"),
+        "{}",
+        err.message()
+    );
     let err = client
         .detect(DetectRequest {
             image: two_objects(),
@@ -159,7 +185,11 @@ async fn grpc_detect_and_get_model() {
         })
         .await
         .unwrap_err();
-    assert!(err.message().starts_with("content_type:"), "{}", err.message());
+    assert!(
+        err.message().starts_with("content_type:"),
+        "{}",
+        err.message()
+    );
 
     // publish: answered after Kafka acknowledged the batch.
     client
@@ -174,22 +204,29 @@ async fn grpc_detect_and_get_model() {
         .await
         .unwrap();
     let out = decode_batches(&read_topic(&h.bootstrap, &h.topics.detections, 1, WAIT).await);
-    assert_eq!((out[0].frame_id.as_str(), out[0].detections.len()), ("pub", 2));
+    assert_eq!(
+        (out[0].frame_id.as_str(), out[0].detections.len()),
+        ("pub", 2)
+    );
 
     let m = client
         .get_model(GetModelRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((m.name.as_str(), m.version.as_str(), m.runtime.as_str()), ("tiny", "t1", "tract"));
+    assert_eq!(
+        (m.name.as_str(), m.version.as_str(), m.runtime.as_str()),
+        ("tiny", "t1", "tract")
+    );
     assert_eq!((m.input_width, m.input_height), (64, 64));
     assert_eq!(m.class_names, vec!["red", "green", "blue", "dark"]);
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", h.running.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.running.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let s = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -198,7 +235,10 @@ async fn grpc_detect_and_get_model() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(s.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        s.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     h.stop().await;
 }
 
@@ -245,7 +285,12 @@ async fn model_version_switches_without_a_restart() {
         let c = client.clone();
         async move {
             let mut c = c;
-            let v = c.get_model(GetModelRequest {}).await.ok()?.into_inner().version;
+            let v = c
+                .get_model(GetModelRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .version;
             (v == "v2").then_some(())
         }
     })

@@ -25,10 +25,7 @@ async fn known_boxes(runtime: RuntimeKind) {
     assert!(d.found.iter().all(|f| f.confidence > 0.99), "{:?}", d.found);
 
     // A blank frame (white, grey padding) yields nothing.
-    let blank = p
-        .detect(jpeg(128, 64, &[]), WhenFull::Wait)
-        .await
-        .unwrap();
+    let blank = p.detect(jpeg(128, 64, &[]), WhenFull::Wait).await.unwrap();
     assert!(blank.found.is_empty(), "{:?}", blank.found);
 }
 
@@ -51,7 +48,12 @@ fn overlapping() -> Vec<u8> {
 async fn nms(runtime: RuntimeKind) {
     let loose = pipeline(runtime, |c| c.iou_threshold = 0.45).await;
     let d = loose.detect(overlapping(), WhenFull::Wait).await.unwrap();
-    assert_eq!(boxes(&d).len(), 2, "IoU 1/3 < 0.45 keeps both: {:?}", d.found);
+    assert_eq!(
+        boxes(&d).len(),
+        2,
+        "IoU 1/3 < 0.45 keeps both: {:?}",
+        d.found
+    );
 
     let strict = pipeline(runtime, |c| c.iou_threshold = 0.3).await;
     let d = strict.detect(overlapping(), WhenFull::Wait).await.unwrap();
@@ -86,12 +88,8 @@ async fn batched(runtime: RuntimeKind) {
             }
         })
         .collect();
-    let results = futures::future::join_all(
-        frames
-            .into_iter()
-            .map(|f| p.detect(f, WhenFull::Wait)),
-    )
-    .await;
+    let results =
+        futures::future::join_all(frames.into_iter().map(|f| p.detect(f, WhenFull::Wait))).await;
     for (i, r) in results.into_iter().enumerate() {
         let d = r.unwrap();
         assert_eq!(d.found.len(), if i % 2 == 0 { 2 } else { 0 }, "frame {i}");
@@ -129,10 +127,7 @@ async fn bad_frames_are_refused_with_the_reason() {
         }
     }
     // Still working afterwards.
-    assert_eq!(
-        p.detect(good, WhenFull::Wait).await.unwrap().found.len(),
-        2
-    );
+    assert_eq!(p.detect(good, WhenFull::Wait).await.unwrap().found.len(), 2);
 }
 
 #[test]
@@ -151,7 +146,13 @@ fn tiny_model_interface_and_names() {
     let err = model::inspect(&bytes, Some(vec!["a".into()])).unwrap_err();
     assert!(err.to_string().contains("1 class names"), "{err}");
     let err = model::inspect(b"\x08\x07garbage", None).unwrap_err();
-    assert!(matches!(err, model::ModelError::NotOnnx(_) | model::ModelError::Layout(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            model::ModelError::NotOnnx(_) | model::ModelError::Layout(_)
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -18,7 +18,12 @@ fn simulate(stack: &Stack, prefix: &str, secs: u32) -> std::process::Child {
         .args(["--database-url", &stack.db.url, "simulate", "--register"])
         .args(["--prefix", prefix, "--vehicles", "2", "--rate", "1"])
         .args(["--frames-fps", "4", "--frame-size", "320x240"])
-        .args(["--duration", &secs.to_string(), "--ingest-url", &stack.http("")])
+        .args([
+            "--duration",
+            &secs.to_string(),
+            "--ingest-url",
+            &stack.http(""),
+        ])
         .arg("--grpc-url")
         .arg(format!("http://127.0.0.1:{}", stack.ingest_grpc))
         .arg("--tokens-file")
@@ -41,16 +46,21 @@ async fn simulated_frames_come_back_as_detections_with_the_model_version() {
     let out = tokio::task::spawn_blocking(move || sim.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let pool = stack.db.pool.clone();
     let frames: i64 = tk::wait_for("stored frames", Duration::from_secs(60), || {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM frames WHERE vehicle_id LIKE 'e2einf-%'")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM frames WHERE vehicle_id LIKE 'e2einf-%'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
             (n >= 4).then_some(n)
         }
     })
@@ -84,7 +94,10 @@ async fn simulated_frames_come_back_as_detections_with_the_model_version() {
     .await
     .unwrap();
     assert_eq!((model.as_str(), version.as_str()), ("tiny", "e2e-v1"));
-    assert_eq!(bad_links, 0, "every detection links to its stored frame by key");
+    assert_eq!(
+        bad_links, 0,
+        "every detection links to its stored frame by key"
+    );
     assert_eq!(bad_boxes, 0, "boxes are normalised");
 }
 
@@ -101,10 +114,12 @@ async fn inference_killed_mid_stream_loses_and_duplicates_nothing() {
     tk::wait_for("first detections", Duration::from_secs(60), || {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM detections WHERE drone_id LIKE 'e2ekill-%'")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM detections WHERE drone_id LIKE 'e2ekill-%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
             (n > 0).then_some(())
         }
     })
@@ -114,7 +129,11 @@ async fn inference_killed_mid_stream_loses_and_duplicates_nothing() {
     let out = tokio::task::spawn_blocking(move || sim.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let frames: i64 = stack
         .count("SELECT count(*) FROM frames WHERE vehicle_id LIKE 'e2ekill-%'")

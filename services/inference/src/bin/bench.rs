@@ -58,10 +58,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     files.sort();
     anyhow::ensure!(!files.is_empty(), "no .jpg in {}", a.frames.display());
-    let jpegs: Vec<Vec<u8>> = files
-        .iter()
-        .map(std::fs::read)
-        .collect::<Result<_, _>>()?;
+    let jpegs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
 
     let loader = ModelLoader::new(
         ModelConfig {
