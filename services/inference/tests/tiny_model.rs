@@ -110,7 +110,8 @@ async fn ort_batches_frames() {
 async fn bad_frames_are_refused_with_the_reason() {
     let p = pipeline(RuntimeKind::Tract, |c| c.max_frame_pixels = 200 * 100).await;
     let good = two_objects();
-    let cases: Vec<(Vec<u8>, fn(&FrameError) -> bool)> = vec![
+    type Case = (Vec<u8>, fn(&FrameError) -> bool);
+    let cases: Vec<Case> = vec![
         (vec![], |e| matches!(e, FrameError::Empty)),
         (b"not a jpeg".to_vec(), |e| matches!(e, FrameError::NotJpeg)),
         (good[..good.len() / 2].to_vec(), |e| {
