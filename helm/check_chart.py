@@ -193,6 +193,10 @@ def rust_fields(path: str, struct: str) -> set[str]:
     return set(re.findall(r"pub (\w+):", m.group(1)))
 
 
+# A section whose struct lives in a shared crate: (path, struct).
+OBJECT_STORE = ("crates/objectstore/src/lib.rs", "ObjectStoreConfig")
+
+
 def check_toml() -> None:
     common = {
         "log": rust_fields("crates/common/src/telemetry.rs", "LogConfig"),
@@ -207,11 +211,14 @@ def check_toml() -> None:
             "http": "HttpConfig", "grpc": "GrpcConfig", "mqtt": "MqttConfig", "limits": "LimitsConfig",
             "persistence": "PersistenceConfig", "auth": "AuthConfig"}),
         "persistence": ("services/persistence/src/config.rs", {
-            "grpc": "GrpcConfig", "object_store": "ObjectStoreConfig", "retention": "RetentionConfig",
+            "grpc": "GrpcConfig", "object_store": OBJECT_STORE, "retention": "RetentionConfig",
             "writer": "WriterConfig"}),
         "incident": ("services/incident/src/config.rs", {
             "grpc": "GrpcConfig", "engine": "EngineConfig", "evidence": "EvidenceConfig",
             "outbox": "OutboxConfig"}),
+        "inference": ("services/inference/src/config.rs", {
+            "grpc": "GrpcConfig", "object_store": OBJECT_STORE, "model": "ModelConfig",
+            "pipeline": "PipelineConfig"}),
     }
     cm = list(yaml.safe_load_all(open(os.path.join(ROOT, "k8s", "01-config.yaml"))))
     data = cm[0]["data"]
@@ -225,7 +232,11 @@ def check_toml() -> None:
             if section not in top:
                 problems.append(f"k8s/01-config.yaml {svc}.toml: unknown section [{section}]")
                 continue
-            fields = common.get(section) or rust_fields(path, sections[section])
+            where = sections[section] if section in sections else None
+            if isinstance(where, tuple):
+                fields = rust_fields(*where)
+            else:
+                fields = common.get(section) or rust_fields(path, where)
             for key in table:
                 if key not in fields:
                     problems.append(f"k8s/01-config.yaml {svc}.toml: unknown key {section}.{key}")

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "fleetwatch/v1/ingest.proto",
         "fleetwatch/v1/persistence.proto",
         "fleetwatch/v1/incident_api.proto",
+        "fleetwatch/v1/inference.proto",
     ];
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = prost_build::Config::new();

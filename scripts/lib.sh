@@ -8,6 +8,7 @@
 #   port_open PORT [HOST]    true if something accepts connections there
 #   wait_port PORT [SECS] [HOST]    wait until it does
 #   wait_http URL [SECS]     wait until URL answers 2xx
+#   ensure_inference_venv ROOT   Python venv with onnxruntime; exports ORT_DYLIB_PATH
 
 NISSHI_VERSION="${NISSHI_VERSION:-0.7.0-pre.2}"
 
@@ -135,4 +136,23 @@ start_broker() {
         sleep 0.1
     done
     die "the broker did not listen on 127.0.0.1:$port within 30s; see $logfile"
+}
+
+# ensure_inference_venv ROOT: the Python venv the inference service needs at
+# ROOT/.fleetwatch/venv (onnxruntime, whose wheel ships libonnxruntime.so that
+# the service loads at run time; numpy, onnx and pillow for the model scripts
+# and the benchmark). Exports ORT_DYLIB_PATH to the library.
+INFERENCE_PIP_PACKAGES=("onnxruntime>=1.22,<2" numpy onnx pillow)
+ensure_inference_venv() {
+    local root="$1" venv="$1/.fleetwatch/venv" lib
+    if ! "$venv/bin/python" -c 'import onnxruntime, numpy, onnx, PIL' >/dev/null 2>&1; then
+        command -v python3 >/dev/null 2>&1 || die "python3 is needed for the inference venv (apt-get install python3 python3-venv)"
+        log "creating the inference Python venv $venv (${INFERENCE_PIP_PACKAGES[*]})"
+        python3 -m venv "$venv" || die "cannot create $venv (apt-get install python3-venv?)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "${INFERENCE_PIP_PACKAGES[@]}" \
+            || die "pip install ${INFERENCE_PIP_PACKAGES[*]} failed; see the output above"
+    fi
+    lib="$(ls "$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n 1)"
+    [[ -n "$lib" ]] || die "no libonnxruntime.so.* under $venv; remove $venv and run again"
+    export ORT_DYLIB_PATH="$lib"
 }

@@ -1,5 +1,5 @@
-//! A whole Fleetwatch stack for end-to-end tests: the real `fleetwatch-ingest`
-//! and `fleetwatch-persistence` binaries on free ports, a fresh database,
+//! A whole Fleetwatch stack for end-to-end tests: the real `fleetwatch-ingest`,
+//! `fleetwatch-persistence` (and, when started, `fleetwatch-inference`) binaries on free ports, a fresh database,
 //! fresh topics and a temporary object store, on the shared (or an owned)
 //! broker.
 #![allow(clippy::unwrap_used)]
@@ -21,12 +21,15 @@ pub struct Stack {
     pub ingest_admin: u16,
     pub persistence_grpc: u16,
     pub persistence_admin: u16,
+    pub inference_grpc: u16,
+    pub inference_admin: u16,
     pub ingest: Option<ServiceProcess>,
     pub persistence: Option<ServiceProcess>,
     pub incident_grpc: u16,
     pub incident_admin: u16,
     /// Started only by tests that need it ([`Stack::start_incident`]).
     pub incident: Option<ServiceProcess>,
+    pub inference: Option<ServiceProcess>,
 }
 
 impl Stack {
@@ -45,11 +48,14 @@ impl Stack {
             ingest_admin: tk::free_port(),
             persistence_grpc: tk::free_port(),
             persistence_admin: tk::free_port(),
+            inference_grpc: tk::free_port(),
+            inference_admin: tk::free_port(),
             ingest: None,
             persistence: None,
             incident_grpc: tk::free_port(),
             incident_admin: tk::free_port(),
             incident: None,
+            inference: None,
         }
     }
 
@@ -111,6 +117,43 @@ impl Stack {
         ]);
         self.persistence = Some(ServiceProcess::spawn("fleetwatch-persistence", &env));
         wait_ready(self.persistence_admin).await;
+    }
+
+    /// Starts `fleetwatch-inference` with the committed tiny model, model
+    /// version `version`, on `runtime` (`ort` needs ORT_DYLIB_PATH, which
+    /// scripts/test exports).
+    pub async fn start_inference(&mut self, runtime: &str, version: &str) {
+        let mut env = self.common_env("inference");
+        // No database: inference only talks to Kafka (unknown keys are refused).
+        env.retain(|(k, _)| !k.ends_with("__DATABASE__URL"));
+        let p = "FLEETWATCH_INFERENCE__";
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../services/inference/models/tiny.onnx");
+        env.extend([
+            (
+                format!("{p}GRPC__LISTEN"),
+                format!("127.0.0.1:{}", self.inference_grpc),
+            ),
+            (
+                format!("{p}ADMIN__LISTEN"),
+                format!("127.0.0.1:{}", self.inference_admin),
+            ),
+            (format!("{p}MODEL__PATH"), model.display().to_string()),
+            (format!("{p}MODEL__NAME"), "tiny".into()),
+            (format!("{p}MODEL__VERSION"), version.into()),
+            (format!("{p}MODEL__RUNTIME"), runtime.into()),
+            (format!("{p}MODEL__INTRA_THREADS"), "1".into()),
+            // One group per stack, so a restarted inference resumes from
+            // the committed offsets.
+            (
+                format!("{p}KAFKA__CONSUMER__GROUP_ID"),
+                format!("inference-{}", self.mqtt_prefix),
+            ),
+            // A slow restart must not turn the backlog into skipped frames.
+            (format!("{p}PIPELINE__MAX_FRAME_AGE_MS"), "120000".into()),
+        ]);
+        self.inference = Some(ServiceProcess::spawn("fleetwatch-inference", &env));
+        wait_ready(self.inference_admin).await;
     }
 
     pub async fn start_ingest(&mut self) {
