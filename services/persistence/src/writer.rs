@@ -570,7 +570,7 @@ pub fn validate_detections(record: &Record, b: DetectionBatch) -> Result<Detecti
             return Err(Invalid::new(format!("detections[{i}].class_name is empty")));
         }
         check_finite(
-            &format!("detections[{i}].confidence"),
+            format!("detections[{i}].confidence"),
             Some(f64::from(d.confidence)),
         )?;
         if let Some(bb) = &d.bbox {
@@ -580,7 +580,7 @@ pub fn validate_detections(record: &Record, b: DetectionBatch) -> Result<Detecti
                 ("x_max", bb.x_max),
                 ("y_max", bb.y_max),
             ] {
-                check_finite(&format!("detections[{i}].bbox.{n}"), Some(f64::from(v)))?;
+                check_finite(format!("detections[{i}].bbox.{n}"), Some(f64::from(v)))?;
             }
         }
     }
