@@ -1,8 +1,10 @@
 //! Shared plumbing of every Fleetwatch service: layered config, logs/traces/
-//! metrics, the admin server (`/metrics`, `/healthz`, `/readyz`) and shutdown.
+//! metrics, the admin server (`/metrics`, `/healthz`, `/readyz`), the gRPC
+//! server setup and shutdown.
 
 pub mod admin;
 pub mod config;
+pub mod grpc;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,8 +1,10 @@
 //! The one Fleetwatch schema (`migrations/`, embedded here), the check every
-//! service runs at start so it never works on a wrong schema, pool setup, and
-//! vehicle registration/token lookup.
+//! service runs at start so it never works on a wrong schema, pool setup, the
+//! database readiness watch, and vehicle registration/token lookup.
 
 use std::time::Duration;
+
+use fleetwatch_common::{Readiness, Shutdown};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -230,4 +232,31 @@ mod tests {
         assert_eq!(token_hash(&a).len(), 32);
         assert_ne!(token_hash(&a), token_hash(&b));
     }
+}
+
+/// Keeps `readiness` true while the database answers a ping (each second,
+/// 2 s timeout), so a service whose consumers are running but whose database
+/// is gone drops out of its Service until it comes back. Not ready on exit.
+pub async fn watch_readiness(pool: PgPool, readiness: Readiness, shutdown: Shutdown) {
+    loop {
+        let ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if ok != readiness.is_ready() {
+            if ok {
+                tracing::info!("ready");
+            } else {
+                tracing::warn!("database unreachable; not ready");
+            }
+        }
+        readiness.set(ok);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    readiness.set(false);
 }

@@ -123,7 +123,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             Duration::from_millis(config.engine.link_loss_check_ms),
             shutdown.clone(),
         )),
-        tokio::spawn(watch_readiness(
+        tokio::spawn(fleetwatch_db::watch_readiness(
             pool.clone(),
             readiness.clone(),
             shutdown.clone(),
@@ -158,14 +158,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         }
         .run(publisher_stop.clone()),
     );
-    let grpc_task = tokio::spawn(serve_grpc(
+    let grpc_task = tokio::spawn(fleetwatch_common::grpc::serve(
         listener,
-        api::Api {
+        IncidentServiceServer::new(api::Api {
             pool: pool.clone(),
             rules,
             published,
             retention_days: config.evidence.retention_days,
-        },
+        }),
         shutdown.clone(),
     ));
 
@@ -209,54 +209,4 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let running = start(config, shutdown).await?;
     running.handle.await.context("the service task failed")?
-}
-
-/// Ready while the database answers (consumers are running by then).
-async fn watch_readiness(pool: sqlx::PgPool, readiness: Readiness, shutdown: Shutdown) {
-    loop {
-        let ok = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&pool),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-        if ok != readiness.is_ready() {
-            if ok {
-                tracing::info!("ready");
-            } else {
-                tracing::warn!("database unreachable; not ready");
-            }
-        }
-        readiness.set(ok);
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-    readiness.set(false);
-}
-
-async fn serve_grpc(
-    listener: tokio::net::TcpListener,
-    service: api::Api,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let (mut health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<IncidentServiceServer<api::Api>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fleetwatch_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build gRPC reflection")?;
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(IncidentServiceServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await
-        .context("gRPC server failed")
 }

@@ -95,13 +95,15 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     };
     let consumer_task = tokio::spawn(consumer.run(handler, shutdown.clone()));
     let watch_task = tokio::spawn(loader.watch(pipeline.clone(), marker, shutdown.clone()));
-    let grpc_task = tokio::spawn(serve_grpc(
+    let grpc_task = tokio::spawn(fleetwatch_common::grpc::serve(
         listener,
-        grpc::Service {
+        // Frames arrive whole in one Detect call.
+        InferenceServiceServer::new(grpc::Service {
             pipeline: pipeline.clone(),
             producer: producer.clone(),
             detections_topic: config.topics.detections.clone(),
-        },
+        })
+        .max_decoding_message_size(64 * 1024 * 1024),
         shutdown.clone(),
     ));
     readiness.set(true);
@@ -139,31 +141,4 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let running = start(config, shutdown).await?;
     running.handle.await.context("the service task failed")?
-}
-
-async fn serve_grpc(
-    listener: tokio::net::TcpListener,
-    service: grpc::Service,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let (mut health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<InferenceServiceServer<grpc::Service>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fleetwatch_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build gRPC reflection")?;
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
-            InferenceServiceServer::new(service).max_decoding_message_size(64 * 1024 * 1024),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await
-        .context("gRPC server failed")
 }

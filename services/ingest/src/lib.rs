@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+
 pub mod metrics;
 pub mod mqtt;
 pub mod parse;
@@ -98,14 +99,6 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .await
         .with_context(|| format!("cannot bind the gRPC API on {}", config.grpc.listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let (mut health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<IngestServiceServer<grpc::IngestGrpc>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fleetwatch_proto::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("grpc reflection")?;
     let max_message = config
         .limits
         .max_frame_bytes
@@ -113,19 +106,11 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         + config::RECORD_HEADROOM_BYTES as usize;
     let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone()))
         .max_decoding_message_size(max_message);
-    let grpc_shutdown = shutdown.clone();
-    let grpc = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(ingest)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                grpc_shutdown.cancelled_owned(),
-            )
-            .await
-            .context("grpc server")
-    });
+    let grpc = tokio::spawn(fleetwatch_common::grpc::serve(
+        grpc_listener,
+        ingest,
+        shutdown.clone(),
+    ));
 
     let (mqtt, mqtt_subscribed) = if config.mqtt.enabled {
         let (h, s) = mqtt::start(
