@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod json_point;
 
 pub mod metrics;
 pub mod mqtt;

@@ -12,7 +12,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 
 use fleetwatch_proto::v1::{BoundingBox, Detection, DetectionBatch, TelemetryPoint};
+use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::json_point::{Item, JsonPoint, MetricsMember, STANDARD_FIELDS, Scalar};
 
 use crate::config::LimitsConfig;
 use crate::error::{FieldError, IngestError};
@@ -138,10 +141,13 @@ fn empty_body() -> IngestError {
     }
 }
 
-/// Splits a body into JSON values: a top-level array's elements, or every
+/// Splits a body into JSON items: a top-level array's elements, or every
 /// whitespace-separated value (one for a plain object, one per line for
 /// NDJSON). Returns whether the body held a collection (for field paths).
-pub fn json_values(body: &[u8], shape: Shape) -> Result<(Vec<Value>, bool), IngestError> {
+fn json_items<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    shape: Shape,
+) -> Result<(Vec<T>, bool), IngestError> {
     let first = body
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -150,11 +156,8 @@ pub fn json_values(body: &[u8], shape: Shape) -> Result<(Vec<Value>, bool), Inge
         if shape == Shape::Single {
             return Err(malformed("expected one JSON object, got an array".into()));
         }
-        let v: Value =
+        let items: Vec<T> =
             serde_json::from_slice(body).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
-        let Value::Array(items) = v else {
-            return Err(malformed("expected a JSON array".into()));
-        };
         if items.is_empty() {
             return Err(IngestError::Malformed {
                 code: "empty_body",
@@ -165,29 +168,27 @@ pub fn json_values(body: &[u8], shape: Shape) -> Result<(Vec<Value>, bool), Inge
     }
     // A stream deserializer reads one object and NDJSON alike, whatever the
     // content-type says, and reports the line of a syntax error.
-    let mut values = Vec::new();
-    for v in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+    let mut items = Vec::new();
+    for v in serde_json::Deserializer::from_slice(body).into_iter::<T>() {
         let v = v.map_err(|e| malformed(format!("invalid JSON: {e}")))?;
-        values.push(v);
+        items.push(v);
     }
-    if values.is_empty() {
+    if items.is_empty() {
         return Err(empty_body());
     }
-    if shape == Shape::Single && values.len() > 1 {
+    if shape == Shape::Single && items.len() > 1 {
         return Err(malformed("expected one JSON object, got several".into()));
     }
-    let multi = values.len() > 1;
-    Ok((values, multi))
+    let multi = items.len() > 1;
+    Ok((items, multi))
 }
 
 /// Finite number, or absent (`null` counts as absent).
-fn number(v: &Value) -> Result<Option<f64>, &'static str> {
+fn number(v: &Scalar) -> Result<Option<f64>, &'static str> {
     match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f.is_finite() => Ok(Some(f)),
-            _ => Err("must be a finite number"),
-        },
+        Scalar::Null => Ok(None),
+        Scalar::Number(f) if f.is_finite() => Ok(Some(*f)),
+        Scalar::Number(_) => Err("must be a finite number"),
         _ => Err("must be a number"),
     }
 }
@@ -199,21 +200,27 @@ fn parse_rfc3339(s: &str) -> Result<i64, String> {
 }
 
 /// A timestamp field: RFC 3339 string, or absent (= receive time).
-fn timestamp(v: Option<&Value>, clock: &Clock) -> Result<i64, String> {
+fn timestamp(v: Option<&Scalar>, clock: &Clock) -> Result<i64, String> {
     match v {
-        None | Some(Value::Null) => Ok(clock.now_us),
-        Some(Value::String(s)) => parse_rfc3339(s),
+        None | Some(Scalar::Null) => Ok(clock.now_us),
+        Some(Scalar::Str(s)) => parse_rfc3339(s),
         Some(_) => Err("must be an RFC 3339 time string".into()),
     }
 }
 
 /// Checks `drone_id`/`vehicle_id` against the authenticated vehicle.
-fn check_ids(obj: &Map<String, Value>, prefix: &dyn Display, vehicle: &str, p: &mut Problems) {
-    for key in ["drone_id", "vehicle_id"] {
-        match obj.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(id)) if id == vehicle => {}
-            Some(Value::String(id)) => p.forbid(
+fn check_ids(
+    drone_id: Option<&Scalar>,
+    vehicle_id: Option<&Scalar>,
+    prefix: &dyn Display,
+    vehicle: &str,
+    p: &mut Problems,
+) {
+    for (key, v) in [("drone_id", drone_id), ("vehicle_id", vehicle_id)] {
+        match v {
+            None | Some(Scalar::Null) => {}
+            Some(Scalar::Str(id)) if id == vehicle => {}
+            Some(Scalar::Str(id)) => p.forbid(
                 format!("{prefix}{key}"),
                 format!("names vehicle {id:?}, but the credentials belong to {vehicle:?}"),
             ),
@@ -291,80 +298,90 @@ impl Display for Indexed<'_> {
     }
 }
 
-const STANDARD_FIELDS: [&str; 6] = ["lat", "lon", "alt", "speed", "heading", "battery"];
+/// A member that is not a standard field: a number is a custom metric, any
+/// other kind is reported back as ignored (never stored), `null` is skipped.
+#[allow(clippy::too_many_arguments)]
+fn custom_metric(
+    key: &str,
+    v: &Scalar,
+    path: &dyn Fn() -> String,
+    null_ignored: bool,
+    metrics: &mut HashMap<String, f64>,
+    prefix: &dyn Display,
+    p: &mut Problems,
+    ignored: &mut BTreeSet<String>,
+) {
+    match v {
+        Scalar::Number(_) => match number(v) {
+            Ok(Some(n)) => {
+                metrics.insert(key.to_string(), n);
+            }
+            Ok(None) => {}
+            Err(reason) => p.push(format!("{prefix}{}", path()), reason),
+        },
+        Scalar::Null if !null_ignored => {}
+        _ => {
+            ignored.insert(path());
+        }
+    }
+}
 
 fn point_from_json(
-    obj: &Map<String, Value>,
+    jp: &JsonPoint,
     prefix: &dyn Display,
     vehicle: &str,
     clock: &Clock,
     p: &mut Problems,
     ignored: &mut BTreeSet<String>,
 ) -> TelemetryPoint {
-    check_ids(obj, prefix, vehicle, p);
+    check_ids(
+        jp.drone_id.as_ref(),
+        jp.vehicle_id.as_ref(),
+        prefix,
+        vehicle,
+        p,
+    );
     let mut pt = TelemetryPoint {
         vehicle_id: vehicle.to_string(),
+        time_unix_us: clock.now_us,
         ..Default::default()
     };
-    match timestamp(obj.get("timestamp"), clock) {
+    match timestamp(jp.timestamp.as_ref(), clock) {
         Ok(t) => pt.time_unix_us = t,
-        Err(reason) => {
-            p.push(format!("{prefix}timestamp"), reason);
-            pt.time_unix_us = clock.now_us;
+        Err(reason) => p.push(format!("{prefix}timestamp"), reason),
+    }
+    for (i, v) in jp.standard.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let slot = match i {
+            0 => &mut pt.lat,
+            1 => &mut pt.lon,
+            2 => &mut pt.alt,
+            3 => &mut pt.speed,
+            4 => &mut pt.heading,
+            _ => &mut pt.battery,
+        };
+        match number(v) {
+            Ok(n) => *slot = n,
+            Err(reason) => p.push(format!("{prefix}{}", STANDARD_FIELDS[i]), reason),
         }
     }
     let mut metrics = HashMap::new();
-    for (key, v) in obj {
-        if matches!(key.as_str(), "drone_id" | "vehicle_id" | "timestamp") {
-            continue;
-        }
-        if let Some(name) = STANDARD_FIELDS.iter().find(|f| **f == key) {
-            match number(v) {
-                Ok(n) => {
-                    let slot = match *name {
-                        "lat" => &mut pt.lat,
-                        "lon" => &mut pt.lon,
-                        "alt" => &mut pt.alt,
-                        "speed" => &mut pt.speed,
-                        "heading" => &mut pt.heading,
-                        _ => &mut pt.battery,
-                    };
-                    *slot = n;
-                }
-                Err(reason) => p.push(format!("{prefix}{key}"), reason),
-            }
-            continue;
-        }
-        match v {
-            Value::Number(_) => match number(v) {
-                Ok(Some(n)) => {
-                    metrics.insert(key.clone(), n);
-                }
-                Ok(None) => {}
-                Err(reason) => p.push(format!("{prefix}{key}"), reason),
-            },
-            // An explicit `metrics` object is the other way to send custom metrics.
-            Value::Object(m) if key == "metrics" => {
-                for (mk, mv) in m {
-                    match mv {
-                        Value::Number(_) => match number(mv) {
-                            Ok(Some(n)) => {
-                                metrics.insert(mk.clone(), n);
-                            }
-                            Ok(None) => {}
-                            Err(reason) => p.push(format!("{prefix}metrics.{mk}"), reason),
-                        },
-                        _ => {
-                            ignored.insert(format!("metrics.{mk}"));
-                        }
-                    }
-                }
-            }
-            Value::Null => {}
-            _ => {
-                ignored.insert(key.clone());
+    let mut other = |key: &str, v: &Scalar, path: &dyn Fn() -> String, null_ignored: bool| {
+        custom_metric(key, v, path, null_ignored, &mut metrics, prefix, p, ignored);
+    };
+    match &jp.metrics {
+        MetricsMember::Absent => {}
+        // An explicit `metrics` object is the other way to send custom
+        // metrics; a `null` inside it is reported as ignored.
+        MetricsMember::Object(m) => {
+            for (mk, mv) in m {
+                other(mk, mv, &|| format!("metrics.{mk}"), true);
             }
         }
+        MetricsMember::Other(v) => other("metrics", v, &|| "metrics".to_string(), false),
+    }
+    for (key, v) in &jp.extra {
+        other(key, v, &|| key.to_string(), false);
     }
     pt.metrics = metrics;
     pt
@@ -378,7 +395,7 @@ pub fn parse_telemetry(
     limits: &LimitsConfig,
     clock: &Clock,
 ) -> Result<ParsedTelemetry, IngestError> {
-    let (values, multi) = json_values(body, shape)?;
+    let (values, multi) = json_items::<Item>(body, shape)?;
     if values.len() > limits.max_points_per_request {
         return Err(IngestError::TooLarge(format!(
             "{} points exceed the limit of {} per request",
@@ -398,7 +415,7 @@ pub fn parse_telemetry(
             i,
         };
         let prefix: &dyn Display = if multi { &indexed } else { &"" };
-        let Value::Object(obj) = v else {
+        let Item::Point(jp) = v else {
             p.push(
                 if multi {
                     format!("[{i}]")
@@ -409,7 +426,7 @@ pub fn parse_telemetry(
             );
             continue;
         };
-        let pt = point_from_json(obj, prefix, vehicle, clock, &mut p, &mut out.ignored_fields);
+        let pt = point_from_json(jp, prefix, vehicle, clock, &mut p, &mut out.ignored_fields);
         check_point(&pt, prefix, clock, &mut p);
         out.points.push(pt);
     }
@@ -524,7 +541,7 @@ fn detection_from_json(v: &Value, prefix: &str, p: &mut Problems) -> Detection {
     match obj
         .get("conf")
         .or_else(|| obj.get("confidence"))
-        .map(number)
+        .map(|v| number(&Scalar::from(v)))
     {
         Some(Ok(Some(c))) => d.confidence = c as f32,
         None | Some(Ok(None)) => p.push(format!("{prefix}conf"), "is required (0..1)"),
@@ -536,7 +553,7 @@ fn detection_from_json(v: &Value, prefix: &str, p: &mut Problems) -> Detection {
             let mut c = [0f32; 4];
             let mut ok = true;
             for (j, x) in a.iter().enumerate() {
-                match number(x) {
+                match number(&Scalar::from(x)) {
                     Ok(Some(f)) => c[j] = f as f32,
                     _ => ok = false,
                 }
@@ -586,19 +603,25 @@ pub fn parse_detections(
     limits: &LimitsConfig,
     clock: &Clock,
 ) -> Result<DetectionBatch, IngestError> {
-    let (values, _) = json_values(body, Shape::Single)?;
+    let (values, _) = json_items::<Value>(body, Shape::Single)?;
     let Some(Value::Object(obj)) = values.into_iter().next() else {
         return Err(malformed("expected one JSON object".into()));
     };
     let mut p = Problems::new();
-    check_ids(&obj, &"", vehicle, &mut p);
+    check_ids(
+        obj.get("drone_id").map(Scalar::from).as_ref(),
+        obj.get("vehicle_id").map(Scalar::from).as_ref(),
+        &"",
+        vehicle,
+        &mut p,
+    );
     let mut b = DetectionBatch {
         vehicle_id: vehicle.to_string(),
         source: "edge".into(),
         received_unix_us: clock.now_us,
         ..Default::default()
     };
-    match timestamp(obj.get("timestamp"), clock) {
+    match timestamp(obj.get("timestamp").map(Scalar::from).as_ref(), clock) {
         Ok(t) => b.time_unix_us = t,
         Err(reason) => {
             p.push("timestamp", reason);

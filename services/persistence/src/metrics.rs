@@ -23,8 +23,17 @@ pub static ROWS_WRITTEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static ROWS_DUPLICATE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "fleetwatch_persistence_rows_duplicate_total",
-        "Rows already present (redelivered records), skipped by ON CONFLICT",
+        "Rows already present (redelivered records or client retries), skipped",
         &["table"]
+    )
+    .unwrap()
+});
+
+#[allow(clippy::unwrap_used)]
+pub static CONFLICT_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "fleetwatch_persistence_telemetry_conflict_retries_total",
+        "Telemetry transactions written again skipping existing rows, after the plain insert met a duplicate (redelivery or client retry)"
     )
     .unwrap()
 });
@@ -115,6 +124,7 @@ pub fn init() {
     }
     LazyLock::force(&INGEST_TO_STORED_SECONDS);
     LazyLock::force(&OBJECT_BYTES);
+    LazyLock::force(&CONFLICT_RETRIES);
     LazyLock::force(&PARTITIONS);
     LazyLock::force(&REJECTED);
     LazyLock::force(&GRPC_REQUESTS);

@@ -169,6 +169,23 @@ async fn redelivered_and_late_records_change_nothing() {
         updated_before,
         "a redelivery touched the latest row"
     );
+    // The plain insert met the redelivered rows and the run was written
+    // again skipping them; the late point still went in.
+    let m = h.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "fleetwatch_persistence_telemetry_conflict_retries_total",
+            ""
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "fleetwatch_persistence_rows_duplicate_total",
+            "table=\"telemetry\""
+        ) >= 2.0
+    );
     h.stop().await;
 }
 
