@@ -8,7 +8,6 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod json_point;
-
 pub mod metrics;
 pub mod mqtt;
 pub mod parse;
