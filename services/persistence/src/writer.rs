@@ -397,18 +397,22 @@ pub fn merge_latest<'a>(
     }
     let mut out = BTreeMap::new();
     for (v, mut points) in by_vehicle {
-        points.sort_by_key(|p| p.time);
+        // Newest first: each field keeps the first non-null value met, so
+        // only the newest point and the metric names it lacks are copied.
+        points.sort_by_key(|p| std::cmp::Reverse(p.time));
         let mut acc = points[0].clone();
         for p in &points[1..] {
-            acc.time = p.time;
-            acc.lat = p.lat.or(acc.lat);
-            acc.lon = p.lon.or(acc.lon);
-            acc.alt = p.alt.or(acc.alt);
-            acc.speed = p.speed.or(acc.speed);
-            acc.heading = p.heading.or(acc.heading);
-            acc.battery = p.battery.or(acc.battery);
-            acc.metrics
-                .extend(p.metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            acc.lat = acc.lat.or(p.lat);
+            acc.lon = acc.lon.or(p.lon);
+            acc.alt = acc.alt.or(p.alt);
+            acc.speed = acc.speed.or(p.speed);
+            acc.heading = acc.heading.or(p.heading);
+            acc.battery = acc.battery.or(p.battery);
+            for (k, val) in &p.metrics {
+                if !acc.metrics.contains_key(k) {
+                    acc.metrics.insert(k.clone(), *val);
+                }
+            }
         }
         out.insert(v, acc);
     }
@@ -423,9 +427,10 @@ fn metrics_json(m: &BTreeMap<String, f64>) -> Option<String> {
     }
 }
 
+/// Column arrays for UNNEST; vehicle ids borrow from the batch.
 #[derive(Default)]
-struct Columns {
-    vehicle: Vec<String>,
+struct Columns<'a> {
+    vehicle: Vec<&'a str>,
     time: Vec<DateTime<Utc>>,
     lat: Vec<Option<f64>>,
     lon: Vec<Option<f64>>,
@@ -437,9 +442,9 @@ struct Columns {
     received: Vec<Option<DateTime<Utc>>>,
 }
 
-impl Columns {
-    fn push(&mut self, vehicle: &str, p: &Point, received: Option<DateTime<Utc>>) {
-        self.vehicle.push(vehicle.to_string());
+impl<'a> Columns<'a> {
+    fn push(&mut self, vehicle: &'a str, p: &Point, received: Option<DateTime<Utc>>) {
+        self.vehicle.push(vehicle);
         self.time.push(p.time);
         self.lat.push(p.lat);
         self.lon.push(p.lon);
@@ -453,11 +458,11 @@ impl Columns {
 
     /// Binds the nine columns shared by INSERT_TELEMETRY and UPSERT_LATEST
     /// ($1..$9); returns `received` for the insert's $10.
-    fn bind_shared<'q>(
+    fn bind_shared(
         self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        query: sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> (
-        sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments>,
         Vec<Option<DateTime<Utc>>>,
     ) {
         let q = query
