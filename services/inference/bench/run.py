@@ -12,7 +12,10 @@ The model is a YOLOv8n-architecture graph with random weights at 640x640
 (models/make_yolov8n.py; speed does not depend on weight values), generated
 here, not committed. Frames are synthetic 1280x720 JPEGs (quality 85).
 
-  .fleetwatch/venv/bin/python services/inference/bench/run.py [--count 60] [--tract-count 10]
+  .fleetwatch/venv/bin/python services/inference/bench/run.py [--count 60] [--rounds 3] [--tract-count 10]
+
+python-ort and rust-ort alternate for --rounds rounds, so each round's ratio
+compares two runs made seconds apart on a machine whose load drifts.
 
 Needs the venv scripts/test makes (onnxruntime numpy onnx pillow) and builds
 the bench binary in release. Prints a Markdown table and writes it to
@@ -130,14 +133,23 @@ def make_frames(n: int, w: int, h: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--count", type=int, default=60, help="frames measured per pipeline")
-    ap.add_argument("--tract-count", type=int, default=10)
+    ap.add_argument("--count", type=int, default=60, help="frames measured per pipeline and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="python-ort and rust-ort alternate this many times (the machine's load drifts; "
+                         "each round's ratio compares runs seconds apart)")
+    ap.add_argument("--tract-count", type=int, default=10, help="frames for rust-tract (once; 0 = skip)")
     ap.add_argument("--warmup", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (both)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="python-ort: onnxruntime intra-op threads (its default is one per core)")
+    ap.add_argument("--sessions", type=int, default=0,
+                    help="rust: model instances (model.sessions; 0 = the service's default)")
+    ap.add_argument("--intra-threads", type=int, default=0,
+                    help="rust: intra-op threads per instance (model.intra_threads; 0 = the service's default)")
     ap.add_argument("--max-batch", type=int, default=1)
     ap.add_argument("--in-flight", type=int, default=4)
     ap.add_argument("--frame-size", default="1280x720")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--bench-bin", type=Path, default=ROOT / "target/release/fleetwatch-inference-bench")
     args = ap.parse_args()
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -148,7 +160,7 @@ def main() -> None:
     frames = make_frames(32, w, h)
     jpegs = [p.read_bytes() for p in sorted(frames.glob("*.jpg"))]
 
-    bench = ROOT / "target/release/fleetwatch-inference-bench"
+    bench = args.bench_bin
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "fleetwatch-inference",
                         "--bin", "fleetwatch-inference-bench"], cwd=ROOT, check=True)
@@ -159,30 +171,45 @@ def main() -> None:
         cmd = [str(bench), "--model", str(model), "--frames", str(frames), "--runtime", runtime,
                "--count", str(count), "--warmup", str(args.warmup if runtime == "ort" else 1),
                "--max-batch", str(args.max_batch), "--in-flight", str(args.in_flight),
-               "--intra-threads", str(args.threads)]
+               "--sessions", str(args.sessions), "--intra-threads", str(args.intra_threads)]
         r = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     load_before = os.getloadavg()[0]
-    results = [
-        python_pipeline(model, jpegs, args.count, args.warmup, args.threads),
-        rust("ort", args.count),
-        rust("tract", args.tract_count),
-    ]
-    base = results[0]["fps"]
+    rounds = []
+    for i in range(args.rounds):
+        load = os.getloadavg()[0]
+        py = python_pipeline(model, jpegs, args.count, args.warmup, args.threads)
+        rs = rust("ort", args.count)
+        rounds.append((load, py, rs))
+        print(f"round {i + 1}: load {load:.2f}, python-ort {py['fps']:.2f} f/s, rust-ort {rs['fps']:.2f} f/s, "
+              f"{rs['fps'] / py['fps']:.2f}x", file=sys.stderr, flush=True)
+    tract = rust("tract", args.tract_count) if args.tract_count > 0 else None
+    rs0 = rounds[0][2]
+    ratios = sorted(rs["fps"] / py["fps"] for _, py, rs in rounds)
+    py_total = sum(py["frames"] for _, py, _ in rounds) / sum(py["seconds"] for _, py, _ in rounds)
+    rs_total = sum(rs["frames"] for _, _, rs in rounds) / sum(rs["seconds"] for _, _, rs in rounds)
     lines = [
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{cpu_model()}, load average {load_before:.2f} before the run",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; onnxruntime {ort.__version__}",
         f"- model: YOLOv8n architecture, random weights, 640x640, output [1,84,8400]; frames: 32 synthetic {w}x{h} JPEGs (q85)",
-        f"- settings: onnxruntime intra-op threads {args.threads}, graph optimisation all; rust max batch "
-        f"{args.max_batch}, frames in flight {args.in_flight}",
+        f"- python-ort: one session, intra-op threads {args.threads}, graph optimisation all (onnxruntime's defaults)",
+        f"- rust-ort: {rs0['sessions']} model instance(s) x {rs0['intra_threads']} intra-op thread(s), "
+        f"max batch {args.max_batch}, frames in flight {args.in_flight}",
+        f"- {args.rounds} rounds of {args.count} frames, python-ort then rust-ort in each",
         "",
-        "| pipeline | frames | seconds | frames/s | vs python-ort |",
-        "|---|---:|---:|---:|---:|",
+        "| round | load | python-ort f/s | rust-ort f/s | rust-ort / python-ort | rust decode+letterbox ms/frame | rust model run ms/batch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        lines.append(f"| {r['pipeline']} | {r['frames']} | {r['seconds']:.2f} | {r['fps']:.2f} | {r['fps'] / base:.2f}x |")
+    for i, (load, py, rs) in enumerate(rounds):
+        lines.append(f"| {i + 1} | {load:.2f} | {py['fps']:.2f} | {rs['fps']:.2f} | {rs['fps'] / py['fps']:.2f}x "
+                     f"| {rs.get('decode_letterbox_ms', 0):.1f} | {rs.get('model_run_ms', 0):.0f} |")
+    lines.append(f"| all | | {py_total:.2f} | {rs_total:.2f} | {rs_total / py_total:.2f}x "
+                 f"(rounds: min {ratios[0]:.2f}x, median {ratios[len(ratios) // 2]:.2f}x) | | |")
+    if tract:
+        lines += ["", f"rust-tract: {tract['frames']} frames in {tract['seconds']:.2f} s, {tract['fps']:.2f} f/s "
+                      f"({tract['fps'] / rounds[-1][1]['fps']:.2f}x the last python-ort round)"]
     table = "\n".join(lines)
     print(table)
     (OUT / "results.md").write_text(table + "\n")

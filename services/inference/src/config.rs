@@ -120,7 +120,13 @@ pub struct ModelConfig {
     pub names_file: PathBuf,
     /// onnxruntime shared library (`libonnxruntime.so.*`); empty = env `ORT_DYLIB_PATH`.
     pub ort_dylib_path: PathBuf,
-    /// onnxruntime intra-op threads; 0 = onnxruntime's default (one per core).
+    /// Instances of the model run side by side, each on its own inference
+    /// thread taking micro-batches off the shared queue; 0 = one per core
+    /// (at most 4). Several single-threaded instances give more frames/s than
+    /// one instance using every core (see the README's benchmark).
+    pub sessions: usize,
+    /// onnxruntime intra-op threads per instance; 0 = the cores divided by
+    /// `sessions` (at least 1).
     pub intra_threads: usize,
 }
 
@@ -135,6 +141,7 @@ impl Default for ModelConfig {
             poll_interval_secs: 10,
             names_file: PathBuf::new(),
             ort_dylib_path: PathBuf::new(),
+            sessions: 0,
             intra_threads: 0,
         }
     }
@@ -181,7 +188,10 @@ impl Default for PipelineConfig {
             confidence_threshold: 0.25,
             iou_threshold: 0.45,
             max_detections: 300,
-            max_batch: 4,
+            // Batching buys nothing on CPU once the instances run side by
+            // side (README, benchmark: batch 4 was slower than 1) and adds
+            // latency; raise it for runtimes that gain from batches.
+            max_batch: 1,
             max_wait_ms: 5,
             queue_capacity: 64,
             decode_concurrency: 2,

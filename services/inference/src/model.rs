@@ -364,19 +364,72 @@ pub trait Runtime: Send {
 pub struct RuntimeOptions {
     /// `libonnxruntime.so`; `None` = env `ORT_DYLIB_PATH`.
     pub ort_dylib: Option<std::path::PathBuf>,
-    /// onnxruntime intra-op threads; 0 = its default.
+    /// Model instances run side by side, one inference thread each; 0 =
+    /// automatic (see [`RuntimeOptions::resolve`]).
+    pub sessions: usize,
+    /// onnxruntime intra-op threads per instance; 0 = automatic.
     pub intra_threads: usize,
 }
 
-pub fn load_runtime(
+/// At most this many instances when `sessions` is automatic: beyond a few,
+/// each frame's latency grows with little throughput gained.
+const MAX_AUTO_SESSIONS: usize = 4;
+
+impl RuntimeOptions {
+    /// `(sessions, intra_threads)` with the automatic values filled in for a
+    /// machine with `cores` cores: one instance per core up to
+    /// [`MAX_AUTO_SESSIONS`], and the cores shared out between them.
+    ///
+    /// Several single-threaded instances beat one instance with as many
+    /// intra-op threads: each operator's parallel section ends in a barrier,
+    /// and on a busy node one descheduled thread stalls the whole run, while
+    /// independent instances never wait for each other (README, benchmark).
+    pub fn resolve(&self, cores: usize) -> (usize, usize) {
+        let cores = cores.max(1);
+        let sessions = match self.sessions {
+            0 => cores.min(MAX_AUTO_SESSIONS),
+            n => n,
+        };
+        let intra = match self.intra_threads {
+            0 => (cores / sessions).max(1),
+            n => n,
+        };
+        (sessions, intra)
+    }
+}
+
+/// The cores this process may use.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Loads `sessions` instances of the model (see [`RuntimeOptions::resolve`]).
+pub fn load_runtimes(
     kind: RuntimeKind,
     bytes: &[u8],
     info: &ModelInfo,
     opts: &RuntimeOptions,
-) -> Result<Box<dyn Runtime>, ModelError> {
+) -> Result<Vec<Box<dyn Runtime>>, ModelError> {
+    let (sessions, intra_threads) = opts.resolve(available_cores());
     match kind {
-        RuntimeKind::Ort => Ok(Box::new(OrtRuntime::load(bytes, info, opts)?)),
-        RuntimeKind::Tract => Ok(Box::new(TractRuntime::load(bytes, info)?)),
+        RuntimeKind::Ort => (0..sessions)
+            .map(|_| {
+                // Idle pool threads spin waiting for work; with several
+                // instances they would spin on cores the others are using.
+                let spin = sessions == 1;
+                OrtRuntime::load(bytes, info, opts.ort_dylib.as_deref(), intra_threads, spin)
+                    .map(|r| Box::new(r) as Box<dyn Runtime>)
+            })
+            .collect(),
+        RuntimeKind::Tract => {
+            // tract's plans are immutable and shareable: optimise once.
+            let first = TractRuntime::load(bytes, info)?;
+            let mut out: Vec<Box<dyn Runtime>> = (1..sessions)
+                .map(|_| Box::new(first.share()) as Box<dyn Runtime>)
+                .collect();
+            out.insert(0, Box::new(first));
+            Ok(out)
+        }
     }
 }
 
@@ -434,16 +487,27 @@ pub struct OrtRuntime {
 }
 
 impl OrtRuntime {
-    pub fn load(bytes: &[u8], info: &ModelInfo, opts: &RuntimeOptions) -> Result<Self, ModelError> {
+    /// One session with `intra_threads` intra-op threads (0 = onnxruntime's
+    /// default, one per core), whose idle threads spin or not.
+    pub fn load(
+        bytes: &[u8],
+        info: &ModelInfo,
+        dylib: Option<&Path>,
+        intra_threads: usize,
+        spin: bool,
+    ) -> Result<Self, ModelError> {
         use ort::session::builder::GraphOptimizationLevel;
-        let env = ort_env(opts.ort_dylib.as_deref())?;
+        let env = ort_env(dylib)?;
         let e = |e: ort::Error<_>| ModelError::Ort(e.to_string());
         let mut builder = ort::session::Session::builder(&env)
             .map_err(|e| ModelError::Ort(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(e)?;
-        if opts.intra_threads > 0 {
-            builder = builder.with_intra_threads(opts.intra_threads).map_err(e)?;
+        if intra_threads > 0 {
+            builder = builder.with_intra_threads(intra_threads).map_err(e)?;
+        }
+        if !spin {
+            builder = builder.with_intra_op_spinning(false).map_err(e)?;
         }
         let session = builder
             .commit_from_memory(bytes)
@@ -493,8 +557,9 @@ type TractPlan = std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>;
 /// tract optimises for concrete shapes: one plan per batch size, made on
 /// first use (the batch-1 plan at load, so a broken model fails early).
 pub struct TractRuntime {
-    model: tract_onnx::prelude::InferenceModel,
-    plans: std::collections::HashMap<usize, TractPlan>,
+    model: std::sync::Arc<tract_onnx::prelude::InferenceModel>,
+    /// Shared by every instance of the model: a plan runs from `&self`.
+    plans: std::sync::Arc<Mutex<std::collections::HashMap<usize, TractPlan>>>,
     info: ModelInfo,
 }
 
@@ -504,8 +569,8 @@ impl TractRuntime {
         let model = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| ModelError::Tract(format!("{e:#}")))?;
-        let mut rt = Self {
-            model,
+        let rt = Self {
+            model: std::sync::Arc::new(model),
             plans: Default::default(),
             info: info.clone(),
         };
@@ -513,23 +578,33 @@ impl TractRuntime {
         Ok(rt)
     }
 
-    fn plan(&mut self, n: usize) -> Result<TractPlan, ModelError> {
+    /// Another instance sharing this one's plans.
+    fn share(&self) -> Self {
+        Self {
+            model: self.model.clone(),
+            plans: self.plans.clone(),
+            info: self.info.clone(),
+        }
+    }
+
+    fn plan(&self, n: usize) -> Result<TractPlan, ModelError> {
         use tract_onnx::prelude::*;
-        if let Some(p) = self.plans.get(&n) {
+        // Held while optimising, so a batch size is optimised once.
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.get(&n) {
             return Ok(p.clone());
         }
         let fact = InferenceFact::dt_shape(
             f32::datum_type(),
             tvec!(n, 3, self.info.height, self.info.width),
         );
-        let plan = self
-            .model
+        let plan = (*self.model)
             .clone()
             .with_input_fact(0, fact)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| ModelError::Tract(format!("{e:#}")))?;
-        self.plans.insert(n, plan.clone());
+        plans.insert(n, plan.clone());
         Ok(plan)
     }
 }
@@ -577,6 +652,25 @@ mod tests {
     #[test]
     fn names_file_lines() {
         assert_eq!(parse_names_lines("a\n\n b \nc"), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn sessions_share_the_cores() {
+        let auto = RuntimeOptions::default();
+        assert_eq!(auto.resolve(1), (1, 1));
+        assert_eq!(auto.resolve(2), (2, 1));
+        assert_eq!(auto.resolve(16), (4, 4));
+        let one = RuntimeOptions {
+            sessions: 1,
+            ..Default::default()
+        };
+        assert_eq!(one.resolve(2), (1, 2));
+        let fixed = RuntimeOptions {
+            sessions: 3,
+            intra_threads: 2,
+            ..Default::default()
+        };
+        assert_eq!(fixed.resolve(2), (3, 2));
     }
 
     #[test]

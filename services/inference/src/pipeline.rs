@@ -2,10 +2,11 @@
 //!
 //! Callers decode and letterbox on the blocking pool (at most
 //! `decode_concurrency` at once), then hand the input to a bounded queue.
-//! One inference thread takes micro-batches off it (up to `max_batch`
-//! frames, waiting at most `max_wait` after the first), runs the model,
-//! applies NMS and answers each caller. Decoding of the next frames thus
-//! overlaps inference of the current batch.
+//! One inference thread per model instance (`model.sessions`) takes
+//! micro-batches off it (up to `max_batch` frames, waiting at most
+//! `max_wait` after the first), runs its instance, applies NMS and answers
+//! each caller. Decoding of the next frames thus overlaps inference of the
+//! current batches, and the instances run side by side.
 //!
 //! The model can be swapped at any time: each queued frame keeps the model
 //! it was letterboxed for, and a batch never mixes models, so every result
@@ -31,7 +32,8 @@ pub struct Model {
     pub runtime_kind: RuntimeKind,
     pub info: ModelInfo,
     pub loaded_unix_us: i64,
-    runtime: Mutex<Box<dyn Runtime>>,
+    /// One per inference thread (thread `i` uses `runtimes[i % len]`).
+    runtimes: Vec<Mutex<Box<dyn Runtime>>>,
 }
 
 impl Model {
@@ -40,7 +42,7 @@ impl Model {
         version: String,
         runtime_kind: RuntimeKind,
         info: ModelInfo,
-        runtime: Box<dyn Runtime>,
+        runtimes: Vec<Box<dyn Runtime>>,
     ) -> Self {
         Self {
             name,
@@ -48,8 +50,13 @@ impl Model {
             runtime_kind,
             info,
             loaded_unix_us: fleetwatch_common::now_unix_us(),
-            runtime: Mutex::new(runtime),
+            runtimes: runtimes.into_iter().map(Mutex::new).collect(),
         }
+    }
+
+    /// Model instances, i.e. inference threads a pipeline starts for it.
+    pub fn sessions(&self) -> usize {
+        self.runtimes.len()
     }
 }
 
@@ -59,6 +66,7 @@ impl std::fmt::Debug for Model {
             .field("name", &self.name)
             .field("version", &self.version)
             .field("runtime", &self.runtime_kind)
+            .field("sessions", &self.runtimes.len())
             .finish()
     }
 }
@@ -123,27 +131,35 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the inference thread with `model`.
+    /// Starts one inference thread per instance of `model`. Later models
+    /// (`swap_model`) are loaded with the same configuration, so the same
+    /// number of instances.
     pub fn start(model: Model, config: &PipelineConfig) -> Arc<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
+        let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
-        let worker = Worker {
-            rx,
-            depth: depth.clone(),
-            max_batch: config.max_batch,
-            max_wait: Duration::from_millis(config.max_wait_ms),
-            thresholds: Thresholds {
-                confidence: config.confidence_threshold,
-                iou: config.iou_threshold,
-                max_detections: config.max_detections,
-            },
-        };
-        // The thread ends when the pipeline (the queue's sender) is dropped.
-        let spawned = std::thread::Builder::new()
-            .name("inference".into())
-            .spawn(move || worker.run());
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the inference thread");
+        let fps = Arc::new(Mutex::new(metrics::FpsWindow::default()));
+        for index in 0..model.sessions().max(1) {
+            let worker = Worker {
+                index,
+                rx: rx.clone(),
+                depth: depth.clone(),
+                fps: fps.clone(),
+                max_batch: config.max_batch,
+                max_wait: Duration::from_millis(config.max_wait_ms),
+                thresholds: Thresholds {
+                    confidence: config.confidence_threshold,
+                    iou: config.iou_threshold,
+                    max_detections: config.max_detections,
+                },
+            };
+            // The threads end when the pipeline (the queue's sender) is dropped.
+            let spawned = std::thread::Builder::new()
+                .name(format!("inference-{index}"))
+                .spawn(move || worker.run());
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an inference thread");
+            }
         }
         let model = Arc::new(model);
         metrics::set_model(&model);
@@ -238,8 +254,12 @@ impl Pipeline {
 }
 
 struct Worker {
-    rx: Receiver<Job>,
+    /// Which of the model's instances this thread runs.
+    index: usize,
+    /// Shared by the inference threads: the one holding it gathers a batch.
+    rx: Arc<Mutex<Receiver<Job>>>,
     depth: Arc<AtomicUsize>,
+    fps: Arc<Mutex<metrics::FpsWindow>>,
     max_batch: usize,
     max_wait: Duration,
     thresholds: Thresholds,
@@ -254,37 +274,44 @@ impl Worker {
 
     fn run(self) {
         let mut pending: Option<Job> = None;
-        let mut fps = metrics::FpsWindow::default();
         loop {
-            let first = match pending.take() {
-                Some(j) => j,
-                None => match self.rx.recv() {
-                    Ok(j) => self.take(j),
-                    Err(_) => return,
-                },
+            let Some(jobs) = self.gather(&mut pending) else {
+                return;
             };
-            let deadline = Instant::now() + self.max_wait;
-            let mut jobs = vec![first];
-            while jobs.len() < self.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(left) {
-                    Ok(j) => {
-                        let j = self.take(j);
-                        if Arc::ptr_eq(&j.model, &jobs[0].model) {
-                            jobs.push(j);
-                        } else {
-                            pending = Some(j);
-                            break;
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
             let n = jobs.len();
             self.run_batch(jobs);
-            fps.add(n);
+            self.fps.lock().unwrap_or_else(|e| e.into_inner()).add(n);
         }
+    }
+
+    /// The next micro-batch (`None` once the pipeline is dropped). The queue
+    /// stays locked while the batch fills, so the other threads take the
+    /// frames after it: batches are contiguous runs of the queue.
+    fn gather(&self, pending: &mut Option<Job>) -> Option<Vec<Job>> {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        let first = match pending.take() {
+            Some(j) => j,
+            None => self.take(rx.recv().ok()?),
+        };
+        let deadline = Instant::now() + self.max_wait;
+        let mut jobs = vec![first];
+        while jobs.len() < self.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(j) => {
+                    let j = self.take(j);
+                    if Arc::ptr_eq(&j.model, &jobs[0].model) {
+                        jobs.push(j);
+                    } else {
+                        *pending = Some(j);
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Some(jobs)
     }
 
     fn run_batch(&self, mut jobs: Vec<Job>) {
@@ -296,7 +323,8 @@ impl Worker {
         }
         let started = Instant::now();
         let result = {
-            let mut runtime = model.runtime.lock().unwrap_or_else(|e| e.into_inner());
+            let runtime = &model.runtimes[self.index % model.runtimes.len()];
+            let mut runtime = runtime.lock().unwrap_or_else(|e| e.into_inner());
             if n == 1 {
                 runtime.run(&jobs[0].input, 1)
             } else {

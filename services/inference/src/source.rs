@@ -77,6 +77,7 @@ impl ModelLoader {
         let options = RuntimeOptions {
             ort_dylib: (!config.ort_dylib_path.as_os_str().is_empty())
                 .then(|| config.ort_dylib_path.clone()),
+            sessions: config.sessions,
             intra_threads: config.intra_threads,
         };
         Self {
@@ -189,8 +190,8 @@ impl ModelLoader {
         let loaded = tokio::task::spawn_blocking(move || -> Result<Model, ModelError> {
             let names = names_file.map(|p| model::read_names_file(&p)).transpose()?;
             let info = model::inspect(&bytes, names)?;
-            let runtime = model::load_runtime(kind, &bytes, &info, &options)?;
-            Ok(Model::new(n, v, kind, info, runtime))
+            let runtimes = model::load_runtimes(kind, &bytes, &info, &options)?;
+            Ok(Model::new(n, v, kind, info, runtimes))
         })
         .await
         .map_err(|e| ModelError::Run(format!("model loading panicked: {e}")))

@@ -106,6 +106,52 @@ async fn ort_batches_frames() {
     batched(RuntimeKind::Ort).await;
 }
 
+/// Several model instances (`model.sessions`), one inference thread each,
+/// share the queue: every frame still gets its own, correct result.
+async fn parallel_instances(runtime: RuntimeKind) {
+    let mut mc = model_config(runtime);
+    mc.sessions = 3;
+    let loader = fleetwatch_inference::source::ModelLoader::new(mc, None);
+    let model = loader.load(&loader.marker().await.unwrap()).await.unwrap();
+    assert_eq!(model.sessions(), 3);
+    let pc = fleetwatch_inference::config::PipelineConfig {
+        max_batch: 2,
+        max_wait_ms: 20,
+        ..Default::default()
+    };
+    let p = fleetwatch_inference::pipeline::Pipeline::start(model, &pc);
+    let results = futures::future::join_all((0..12).map(|i| {
+        let frame = if i % 3 == 0 {
+            two_objects()
+        } else {
+            jpeg(128, 64, &[])
+        };
+        p.detect(frame, WhenFull::Wait)
+    }))
+    .await;
+    for (i, r) in results.into_iter().enumerate() {
+        let d = r.unwrap();
+        if i % 3 == 0 {
+            let got = boxes(&d);
+            assert_eq!(got.len(), 2, "frame {i}: {got:?}");
+            assert_box(got[0].1, RED_BOX);
+            assert_box(got[1].1, BLUE_BOX);
+        } else {
+            assert!(d.found.is_empty(), "frame {i}: {:?}", d.found);
+        }
+    }
+}
+
+#[tokio::test]
+async fn tract_instances_share_the_queue() {
+    parallel_instances(RuntimeKind::Tract).await;
+}
+
+#[tokio::test]
+async fn ort_instances_share_the_queue() {
+    parallel_instances(RuntimeKind::Ort).await;
+}
+
 #[tokio::test]
 async fn bad_frames_are_refused_with_the_reason() {
     let p = pipeline(RuntimeKind::Tract, |c| c.max_frame_pixels = 200 * 100).await;

@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Parser;
 use fleetwatch_inference::config::{ModelConfig, ModelSource, PipelineConfig, RuntimeKind};
+use fleetwatch_inference::metrics;
+use fleetwatch_inference::model::{RuntimeOptions, available_cores};
 use fleetwatch_inference::pipeline::{Pipeline, WhenFull};
 use fleetwatch_inference::source::ModelLoader;
 
@@ -29,7 +31,7 @@ struct Args {
     count: usize,
     #[arg(long, default_value_t = 4)]
     warmup: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 1)]
     max_batch: usize,
     #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
@@ -38,8 +40,13 @@ struct Args {
     in_flight: usize,
     #[arg(long, default_value_t = 1)]
     decode_concurrency: usize,
-    /// onnxruntime intra-op threads (0 = its default).
-    #[arg(long, default_value_t = 2)]
+    /// Model instances side by side (`model.sessions`; 0 = the service's
+    /// default, one per core).
+    #[arg(long, default_value_t = 0)]
+    sessions: usize,
+    /// onnxruntime intra-op threads per instance (`model.intra_threads`; 0 =
+    /// the service's default, cores / sessions).
+    #[arg(long, default_value_t = 0)]
     intra_threads: usize,
 }
 
@@ -67,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             path: a.model.clone(),
             name: "bench".into(),
             version: "bench".into(),
+            sessions: a.sessions,
             intra_threads: a.intra_threads,
             poll_interval_secs: 0,
             ..Default::default()
@@ -75,6 +83,17 @@ async fn main() -> anyhow::Result<()> {
     );
     let marker = loader.marker().await?;
     let model = loader.load(&marker).await?;
+    let (sessions, intra_threads) = RuntimeOptions {
+        sessions: a.sessions,
+        intra_threads: a.intra_threads,
+        ..Default::default()
+    }
+    .resolve(available_cores());
+    anyhow::ensure!(
+        model.sessions() == sessions,
+        "instances: {} != {sessions}",
+        model.sessions()
+    );
     let pipeline = Pipeline::start(
         model,
         &PipelineConfig {
@@ -106,9 +125,33 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     run(a.warmup, 0).await?;
+    // Per-stage means over the measured frames only, from the service's own
+    // histograms (decode + letterbox per frame; model run per batch).
+    let infer = metrics::INFERENCE_SECONDS.with_label_values(&[runtime.as_str()]);
+    let before = (
+        metrics::DECODE_SECONDS.get_sample_sum(),
+        metrics::DECODE_SECONDS.get_sample_count(),
+        infer.get_sample_sum(),
+        infer.get_sample_count(),
+    );
     let started = Instant::now();
     let detections = run(a.count, a.warmup).await?;
     let secs = started.elapsed().as_secs_f64();
+    let mean_ms = |sum: f64, count: u64| {
+        if count == 0 {
+            0.0
+        } else {
+            sum * 1000.0 / count as f64
+        }
+    };
+    let decode_ms = mean_ms(
+        metrics::DECODE_SECONDS.get_sample_sum() - before.0,
+        metrics::DECODE_SECONDS.get_sample_count() - before.1,
+    );
+    let batch_ms = mean_ms(
+        infer.get_sample_sum() - before.2,
+        infer.get_sample_count() - before.3,
+    );
     println!(
         "{}",
         serde_json::json!({
@@ -119,7 +162,10 @@ async fn main() -> anyhow::Result<()> {
             "detections": detections,
             "max_batch": a.max_batch,
             "in_flight": a.in_flight,
-            "intra_threads": a.intra_threads,
+            "sessions": sessions,
+            "decode_letterbox_ms": decode_ms,
+            "model_run_ms": batch_ms,
+            "intra_threads": intra_threads,
         })
     );
     Ok(())
