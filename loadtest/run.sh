@@ -8,6 +8,7 @@
 #   loadtest/run.sh                         # both engines, every scenario
 #   ENGINES=memory SCENARIOS="http-batch100 http-max" loadtest/run.sh
 #   WARMUP=10 DURATION=30 loadtest/run.sh
+#   BIN=/tmp/old-build NO_BUILD=1 TAG=before loadtest/run.sh   # A/B: other binaries
 #
 # Needs PostgreSQL on 5432 and Mosquitto on 1883 (started if down), and the
 # nisshi broker binary. Uses the database fleetwatch_loadtest (dropped and
@@ -19,7 +20,12 @@ cd "$ROOT"
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
 
-BIN="$ROOT/target/release"
+# Where the service and loader binaries come from; NO_BUILD=1 skips the build
+# (to measure binaries of another commit copied aside, for a before/after).
+BIN="${BIN:-$ROOT/target/release}"
+NO_BUILD="${NO_BUILD:-0}"
+# Added to report names, so two runs of the same scenarios can sit side by side.
+TAG="${TAG:-}"
 BROKER_PORT="${BROKER_PORT:-29092}"
 BOOTSTRAP="127.0.0.1:$BROKER_PORT"
 HTTP_PORT="${HTTP_PORT:-18080}"
@@ -105,8 +111,13 @@ mkdir -p "$LOGS" "$REPORTS"
 
 # Always build: cargo is incremental, and measuring stale binaries is worse
 # than a few seconds of checking.
-log "building release binaries"
-cargo build --release --bins -p fleetwatch-ingest -p fleetwatch-persistence -p fleetwatch-loadtest
+if [[ "$NO_BUILD" != 1 ]]; then
+    log "building release binaries"
+    cargo build --release --bins -p fleetwatch-ingest -p fleetwatch-persistence -p fleetwatch-loadtest
+fi
+for b in ingest persistence loadtest; do
+    [[ -x "$BIN/fleetwatch-$b" ]] || die "$BIN/fleetwatch-$b is missing; build it or unset NO_BUILD"
+done
 LOADER="$BIN/fleetwatch-loadtest"
 
 start_service() {
@@ -182,13 +193,13 @@ run_engine() {
     for s in $SCENARIOS; do
         log "[$engine] scenario $s"
         # shellcheck disable=SC2046  # the scenario's options are words
-        "$LOADER" run --scenario "$engine-$s" $(scenario_args "$s") \
+        "$LOADER" run --scenario "$engine-$s${TAG:+-$TAG}" $(scenario_args "$s") \
             --warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" \
             --ingest-url "http://127.0.0.1:$HTTP_PORT" --grpc-url "http://127.0.0.1:$GRPC_PORT" \
             --database-url "$DB_URL" \
             --proc "ingest=$ingest_pid" --proc "persistence=$persist_pid" --proc "broker=$broker_pid" \
             --proc "postgres=postgres" \
-            --report "$REPORTS/$DATE-$engine-$s.json" \
+            --report "$REPORTS/$DATE-$engine-$s${TAG:+-$TAG}.json" \
             || log "[$engine] scenario $s failed; continuing"
     done
     stop_all
@@ -197,4 +208,4 @@ run_engine() {
 for engine in $ENGINES; do
     run_engine "$engine"
 done
-"$LOADER" summarize "$REPORTS/$DATE"-*.json
+"$LOADER" summarize "$REPORTS/$DATE"-*"${TAG:+-$TAG}".json
