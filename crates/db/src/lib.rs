@@ -209,31 +209,6 @@ fn new_token() -> String {
     format!("fw_{}", hex::encode(bytes))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vehicle_ids() {
-        assert!(valid_vehicle_id("drone-01"));
-        assert!(valid_vehicle_id("vessel.7:a_b"));
-        assert!(!valid_vehicle_id(""));
-        assert!(!valid_vehicle_id("-x"));
-        assert!(!valid_vehicle_id("a/b"));
-        assert!(!valid_vehicle_id(&"a".repeat(65)));
-    }
-
-    #[test]
-    fn tokens_are_unique_and_hashed() {
-        let a = new_token();
-        let b = new_token();
-        assert_ne!(a, b);
-        assert!(a.starts_with("fw_"));
-        assert_eq!(token_hash(&a).len(), 32);
-        assert_ne!(token_hash(&a), token_hash(&b));
-    }
-}
-
 /// Keeps `readiness` true while the database answers a ping (each second,
 /// 2 s timeout), so a service whose consumers are running but whose database
 /// is gone drops out of its Service until it comes back. Not ready on exit.
@@ -259,4 +234,29 @@ pub async fn watch_readiness(pool: PgPool, readiness: Readiness, shutdown: Shutd
         }
     }
     readiness.set(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vehicle_ids() {
+        assert!(valid_vehicle_id("drone-01"));
+        assert!(valid_vehicle_id("vessel.7:a_b"));
+        assert!(!valid_vehicle_id(""));
+        assert!(!valid_vehicle_id("-x"));
+        assert!(!valid_vehicle_id("a/b"));
+        assert!(!valid_vehicle_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn tokens_are_unique_and_hashed() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with("fw_"));
+        assert_eq!(token_hash(&a).len(), 32);
+        assert_ne!(token_hash(&a), token_hash(&b));
+    }
 }
