@@ -41,7 +41,7 @@ WARMUP="${WARMUP:-10}"
 DURATION="${DURATION:-25}"
 DRAIN="${DRAIN:-45}"
 ENGINES="${ENGINES:-memory sqlite}"
-SCENARIOS="${SCENARIOS:-http-fixed-5k http-50k grpc-50k http-70k grpc-70k mqtt-20k mqtt-batch10 http-max}"
+SCENARIOS="${SCENARIOS:-http-fixed-5k http-50k grpc-50k http-70k grpc-70k mqtt-20k mqtt-25k mqtt-batch10 http-max}"
 REPORTS="${LOADTEST_REPORTS:-$ROOT/loadtest/reports}"
 DATE="$(date -u +%Y-%m-%d)"
 WORK="$(mktemp -d /tmp/fleetwatch-loadtest.XXXXXX)"
@@ -64,6 +64,7 @@ scenario_args() {
         mqtt-10k) echo "--protocol mqtt --vehicles 200 --rate 50 --batch 1 --mqtt 127.0.0.1:$MQTT_PORT --mqtt-topic-prefix $MQTT_PREFIX" ;;
         # One point per message at 20,000 messages/s: 400 vehicles x 50/s.
         mqtt-20k) echo "--protocol mqtt --vehicles 400 --rate 50 --batch 1 --mqtt 127.0.0.1:$MQTT_PORT --mqtt-topic-prefix $MQTT_PREFIX" ;;
+        mqtt-25k) echo "--protocol mqtt --vehicles 500 --rate 50 --batch 1 --mqtt 127.0.0.1:$MQTT_PORT --mqtt-topic-prefix $MQTT_PREFIX" ;;
         mqtt-batch10) echo "--protocol mqtt --vehicles 200 --rate 100 --batch 10 --mqtt 127.0.0.1:$MQTT_PORT --mqtt-topic-prefix $MQTT_PREFIX" ;;
         http-fixed-5k) echo "--protocol http --vehicles 50 --rate 100 --batch 10" ;;
         # Closed loop: 32 vehicles each sending 100-point batches as fast as they are acknowledged.
@@ -128,7 +129,7 @@ listener $MQTT_PORT 127.0.0.1
 allow_anonymous true
 persistence false
 max_queued_messages 200000
-max_inflight_messages 0
+max_inflight_messages 2048
 log_dest file $LOGS/mosquitto.log
 CONF
 mosquitto -c "$WORK/mosquitto.conf" >>"$LOGS/mosquitto.log" 2>&1 &
