@@ -7,7 +7,8 @@
 //! OPENED event), and reports the time from handing the detection to the
 //! producer until the event is read back from `fleet.incidents.v1`.
 //!
-//! `cargo bench -p fleetwatch-incident --bench latency` (env RATE, SECS).
+//! `cargo bench -p fleetwatch-incident --bench latency` (env RATE, SECS,
+//! FETCH_WAIT_MS).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -56,6 +57,14 @@ async fn main() {
         ..Default::default()
     };
     config.kafka.consumer.batch_max_wait_ms = 2;
+    // FETCH_WAIT_MS: the consumers' fetch.wait.max.ms (service default 10), to
+    // see how much of the latency is the broker's fetch path.
+    if let Ok(v) = std::env::var("FETCH_WAIT_MS") {
+        config
+            .kafka
+            .properties
+            .insert("fetch.wait.max.ms".into(), v);
+    }
     config.kafka.producer.linger_ms = 1;
     config.database.max_connections = 16;
     config.object_store.url = format!("file://{}", objects.path().display());
