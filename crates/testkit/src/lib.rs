@@ -558,3 +558,24 @@ impl Drop for TcpProxy {
         self.task.abort();
     }
 }
+
+pub use tonic_health::pb::health_check_response::ServingStatus;
+
+/// What the gRPC health service at `addr` says about `service`
+/// (e.g. `fleetwatch.v1.IngestService`).
+pub async fn grpc_health(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a valid endpoint")
+        .connect()
+        .await
+        .expect("the gRPC server accepts connections");
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("the health check answers")
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown)
+}

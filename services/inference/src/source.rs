@@ -95,6 +95,21 @@ impl ModelLoader {
             .expect("object store configured for source = object_store")
     }
 
+    /// One object's bytes, errors naming its key.
+    async fn fetch(&self, key: &str) -> Result<bytes::Bytes, SourceError> {
+        let object_error = |source| SourceError::Object {
+            key: key.to_string(),
+            source,
+        };
+        self.store()
+            .get(&ObjectPath::from(key))
+            .await
+            .map_err(object_error)?
+            .bytes()
+            .await
+            .map_err(object_error)
+    }
+
     /// The current marker of the source.
     pub async fn marker(&self) -> Result<Marker, SourceError> {
         match self.config.source {
@@ -115,20 +130,7 @@ impl ModelLoader {
             }
             ModelSource::ObjectStore => {
                 let key = pointer_key(&self.config.name);
-                let bytes = self
-                    .store()
-                    .get(&ObjectPath::from(key.as_str()))
-                    .await
-                    .map_err(|source| SourceError::Object {
-                        key: key.clone(),
-                        source,
-                    })?
-                    .bytes()
-                    .await
-                    .map_err(|source| SourceError::Object {
-                        key: key.clone(),
-                        source,
-                    })?;
+                let bytes = self.fetch(&key).await?;
                 let value = String::from_utf8_lossy(&bytes).trim().to_string();
                 if value.is_empty() || value.contains('/') || value.len() > 128 {
                     return Err(SourceError::BadPointer { key, value });
@@ -166,18 +168,7 @@ impl ModelLoader {
                 (bytes, version)
             }
             Marker::Version(v) => {
-                let key = model_key(&self.config.name, v);
-                let bytes = self
-                    .store()
-                    .get(&ObjectPath::from(key.as_str()))
-                    .await
-                    .map_err(|source| SourceError::Object {
-                        key: key.clone(),
-                        source,
-                    })?
-                    .bytes()
-                    .await
-                    .map_err(|source| SourceError::Object { key, source })?;
+                let bytes = self.fetch(&model_key(&self.config.name, v)).await?;
                 (bytes.to_vec(), v.clone())
             }
         };

@@ -221,23 +221,10 @@ async fn grpc_detect_and_get_model() {
     assert_eq!((m.input_width, m.input_height), (64, 64));
     assert_eq!(m.class_names, vec!["red", "green", "blue", "dark"]);
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", h.running.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let s = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "fleetwatch.v1.InferenceService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        s.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        fleetwatch_testkit::grpc_health(h.running.grpc_addr, "fleetwatch.v1.InferenceService")
+            .await,
+        fleetwatch_testkit::ServingStatus::Serving
     );
     h.stop().await;
 }

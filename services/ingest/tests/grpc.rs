@@ -80,22 +80,9 @@ async fn stream_telemetry_in_chunks() {
     assert_eq!(lats, expected, "chunk order is kept");
 
     // Health and reflection are served next to the API.
-    let channel = Channel::from_shared(format!("http://{}", h.running.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let s = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "fleetwatch.v1.IngestService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        s.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        fleetwatch_testkit::grpc_health(h.running.grpc_addr, "fleetwatch.v1.IngestService").await,
+        fleetwatch_testkit::ServingStatus::Serving
     );
     h.stop().await;
 }

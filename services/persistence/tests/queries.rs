@@ -334,23 +334,10 @@ async fn every_query_answers_from_stored_data() {
     assert_eq!(missing.code(), Code::NotFound);
 
     // Health and reflection are served next to the API.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", h.running.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "fleetwatch.v1.PersistenceQuery".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        status.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        fleetwatch_testkit::grpc_health(h.running.grpc_addr, "fleetwatch.v1.PersistenceQuery")
+            .await,
+        fleetwatch_testkit::ServingStatus::Serving
     );
 
     let m = h.metrics().await;
