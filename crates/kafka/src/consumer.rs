@@ -232,6 +232,7 @@ impl Consumer {
         shutdown: &Shutdown,
     ) -> bool {
         let started = Instant::now();
+        observe_age(&self.group, batch);
         let span = batch_span(&self.group, batch);
         let mut delay = Duration::from_millis(self.config.retry_initial_ms);
         let max_delay = Duration::from_millis(self.config.retry_max_ms);
@@ -363,6 +364,19 @@ impl Consumer {
             Err(e) => {
                 tracing::warn!(group = %self.group, error = %e, "final offset commit failed; records since the last commit will be redelivered")
             }
+        }
+    }
+}
+
+/// Records each record's age at the start of handling. Timestamps are the
+/// producer's wall clock in milliseconds, so the figure is as good as the
+/// clocks agree; a clock behind ours reads as age 0, not negative.
+fn observe_age(group: &str, batch: &[Record]) {
+    let now_ms = fleetwatch_common::now_unix_us() / 1000;
+    let h = metrics::RECORD_AGE_SECONDS.with_label_values(&[group]);
+    for r in batch {
+        if let Some(ts) = r.timestamp_ms.filter(|ts| *ts > 0) {
+            h.observe((now_ms - ts).max(0) as f64 / 1e3);
         }
     }
 }

@@ -93,3 +93,17 @@ pub static PRODUCER_RESETS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+#[allow(clippy::unwrap_used)]
+pub static RECORD_AGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "fleetwatch_kafka_record_age_seconds",
+        "Time from a record's timestamp (producer create time) to its handler starting: \
+         the broker hop plus queueing in the consumer; consumer lag in time",
+        &["group"],
+        vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0
+        ]
+    )
+    .unwrap()
+});

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::KafkaConfig;
 use crate::context::Context;
@@ -171,6 +171,14 @@ impl Producer {
 
     /// Sends one record and waits for the broker's acknowledgement.
     pub async fn send(&self, record: OutRecord<'_>) -> Result<Delivered, ProduceError> {
+        self.enqueue(record)?.acked().await
+    }
+
+    /// Puts one record in the local queue now, without waiting: records
+    /// enqueued one after the other keep that order per partition, however
+    /// their acknowledgements are awaited. Fails at once on a full queue or
+    /// an oversized record.
+    pub fn enqueue(&self, record: OutRecord<'_>) -> Result<Pending, ProduceError> {
         let topic = record.topic;
         if record.payload.len() + record.key.len() > self.max_message_bytes {
             metrics::PRODUCED
@@ -223,26 +231,58 @@ impl Producer {
         let started = Instant::now();
         // send_result never blocks: a full queue is reported, not waited out.
         let client = self.client();
-        let delivery = match client.send_result(fr) {
-            Ok(d) => d,
+        match client.send_result(fr) {
+            Ok(delivery) => Ok(Pending {
+                producer: self.clone(),
+                client,
+                delivery,
+                topic: topic.to_string(),
+                started,
+            }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 metrics::PRODUCED
                     .with_label_values(&[topic, "queue_full"])
                     .inc();
-                return Err(ProduceError::QueueFull);
+                Err(ProduceError::QueueFull)
             }
             Err((e, _)) => {
                 metrics::PRODUCED.with_label_values(&[topic, "error"]).inc();
-                return Err(e.into());
+                Err(e.into())
             }
-        };
-        match delivery.await {
+        }
+    }
+
+    /// Waits for every queued record to be acknowledged, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.client().flush(timeout)
+    }
+
+    /// Records queued locally, not yet acknowledged.
+    pub fn in_flight(&self) -> i32 {
+        self.client().in_flight_count()
+    }
+}
+
+/// A record in the local queue, not yet acknowledged (see [`Producer::enqueue`]).
+pub struct Pending {
+    producer: Producer,
+    client: Arc<FutureProducer<Context>>,
+    delivery: DeliveryFuture,
+    topic: String,
+    started: Instant,
+}
+
+impl Pending {
+    /// Waits for the broker's acknowledgement.
+    pub async fn acked(self) -> Result<Delivered, ProduceError> {
+        let topic = self.topic.as_str();
+        match self.delivery.await {
             Ok(Ok(d)) => {
-                self.record_success();
+                self.producer.record_success();
                 metrics::PRODUCED.with_label_values(&[topic, "ok"]).inc();
                 metrics::PRODUCE_SECONDS
                     .with_label_values(&[topic])
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(self.started.elapsed().as_secs_f64());
                 Ok(Delivered {
                     partition: d.partition,
                     offset: d.offset,
@@ -260,7 +300,7 @@ impl Producer {
                 };
                 metrics::PRODUCED.with_label_values(&[topic, label]).inc();
                 if err.is_retryable() {
-                    self.record_failure(&client);
+                    self.producer.record_failure(&self.client);
                 }
                 Err(err)
             }
@@ -270,16 +310,6 @@ impl Producer {
                 Err(ProduceError::Kafka(KafkaError::Canceled))
             }
         }
-    }
-
-    /// Waits for every queued record to be acknowledged, up to `timeout`.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.client().flush(timeout)
-    }
-
-    /// Records queued locally, not yet acknowledged.
-    pub fn in_flight(&self) -> i32 {
-        self.client().in_flight_count()
     }
 }
 

@@ -125,6 +125,24 @@ async fn delivers_dead_letters_and_commits() {
             .all(|(_, tp)| tp.as_deref().unwrap().starts_with("00-0af7651916cd43dd"))
     );
 
+    // Each handled record's age (producer timestamp -> handler) is recorded
+    // for the group: a second or two at most here, never negative.
+    let ages = prometheus::gather()
+        .into_iter()
+        .find(|m| m.get_name() == "fleetwatch_kafka_record_age_seconds")
+        .expect("record age metric registered");
+    let h_age = ages
+        .get_metric()
+        .iter()
+        .find(|m| m.get_label().iter().any(|l| l.get_value() == group))
+        .expect("record age for this group")
+        .get_histogram();
+    assert!(h_age.get_sample_count() >= 3, "{h_age:?}");
+    assert!(
+        (0.0..60.0 * h_age.get_sample_count() as f64).contains(&h_age.get_sample_sum()),
+        "{h_age:?}"
+    );
+
     // The bad record is in the DLQ, with its provenance.
     let dlq = tk::read_topic(
         &bootstrap,

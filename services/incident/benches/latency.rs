@@ -1,7 +1,7 @@
 //! Detection -> incident event latency at a fixed detection rate.
 //!
 //! Starts the incident service in-process against the real broker
-//! (`FLEETWATCH_TEST_BOOTSTRAP` or 127.0.0.1:9092) and a fresh Postgres
+//! (a fresh nisshi memory broker, or `BENCH_BOOTSTRAP`) and a fresh Postgres
 //! database, sends `no_helmet` detections for distinct vehicles at
 //! `RATE`/s for `SECS` s (each opens an incident, so each must produce one
 //! OPENED event), and reports the time from handing the detection to the
@@ -19,7 +19,7 @@ use fleetwatch_common::Shutdown;
 use fleetwatch_kafka::{OutRecord, Producer};
 use fleetwatch_proto::message_types;
 use fleetwatch_proto::v1::{BoundingBox, Detection, DetectionBatch, IncidentEvent};
-use fleetwatch_testkit::{TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix};
+use fleetwatch_testkit::{OwnedBroker, TestDb, fresh_topics, kafka_config, unique_suffix};
 use prost::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
@@ -39,7 +39,17 @@ async fn main() {
     }
     let rate = env("RATE", 1000);
     let secs = env("SECS", 10);
-    let bootstrap = shared_bootstrap().await;
+    // A fresh broker per run: nisshi's costs grow with what it holds, so a
+    // long-lived dev broker makes each run slower than the last.
+    // BENCH_BOOTSTRAP points the bench at an existing cluster instead.
+    let _owned;
+    let bootstrap = match std::env::var("BENCH_BOOTSTRAP") {
+        Ok(b) => b,
+        Err(_) => {
+            _owned = OwnedBroker::start_memory().await;
+            _owned.bootstrap()
+        }
+    };
     let topics = fresh_topics(&bootstrap, 4).await;
     let db = TestDb::new().await;
     sqlx::raw_sql(
@@ -56,7 +66,7 @@ async fn main() {
         database: db.db_config(),
         ..Default::default()
     };
-    config.kafka.consumer.batch_max_wait_ms = 2;
+    config.kafka.consumer.batch_max_wait_ms = 1; // the service default
     // FETCH_WAIT_MS: the consumers' fetch.wait.max.ms (service default 10), to
     // see how much of the latency is the broker's fetch path.
     if let Ok(v) = std::env::var("FETCH_WAIT_MS") {
@@ -78,7 +88,9 @@ async fn main() {
         .unwrap();
 
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    // (sent, since the run started; latency)
+    let latencies: Arc<Mutex<Vec<(Duration, Duration)>>> = Arc::default();
+    let origin = Instant::now();
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", format!("bench-reader-{}", unique_suffix()))
@@ -100,7 +112,7 @@ async fn main() {
                 let now = Instant::now();
                 let ev = IncidentEvent::decode(m.payload().unwrap_or_default()).unwrap();
                 if let Some(t) = sent.lock().unwrap().remove(&ev.vehicle_id) {
-                    latencies.lock().unwrap().push(now - t);
+                    latencies.lock().unwrap().push((t - origin, now - t));
                 }
             }
         })
@@ -116,6 +128,7 @@ async fn main() {
 
     let total = rate * secs;
     let started = Instant::now();
+    let run_start = started - origin;
     let tick = Duration::from_millis(10);
     let per_tick = (rate / 100).max(1);
     let mut interval = tokio::time::interval(tick);
@@ -139,9 +152,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reader.abort();
-    let mut l = latencies.lock().unwrap().clone();
+    let all = latencies.lock().unwrap().clone();
+    let mut l: Vec<Duration> = all.iter().map(|(_, d)| *d).collect();
     l.sort();
-    let pct = |p: f64| {
+    let pct = |l: &[Duration], p: f64| {
         l.get(((l.len() as f64 * p).ceil() as usize).saturating_sub(1))
             .map(|d| d.as_secs_f64() * 1e3)
             .unwrap_or(f64::NAN)
@@ -155,20 +169,42 @@ async fn main() {
     );
     println!(
         "detection -> incident event latency ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
-        pct(0.50),
-        pct(0.95),
-        pct(0.99),
-        pct(1.0)
+        pct(&l, 0.50),
+        pct(&l, 0.95),
+        pct(&l, 0.99),
+        pct(&l, 1.0)
     );
+    // Thirds of the run: a cost that grows with the log or the tables shows here.
+    let third = send_secs / 3.0;
+    for i in 0..3u32 {
+        let lo = run_start + Duration::from_secs_f64(third * f64::from(i));
+        let hi = run_start + Duration::from_secs_f64(third * f64::from(i + 1));
+        let mut part: Vec<Duration> = all
+            .iter()
+            .filter(|(s, _)| *s >= lo && (*s < hi || i == 2))
+            .map(|(_, d)| *d)
+            .collect();
+        part.sort();
+        println!(
+            "  third {}: p50 {:.1}  p99 {:.1}  max {:.1}",
+            i + 1,
+            pct(&part, 0.5),
+            pct(&part, 0.99),
+            pct(&part, 1.0)
+        );
+    }
     println!("loadavg after run: {}", load.trim());
-    // Where the time goes: the service's own histograms.
+    // Where the time goes: the service's own histograms (percentiles are
+    // bucket upper bounds).
     for mf in prometheus::gather() {
         let name = mf.get_name();
-        if !(name == "fleetwatch_incident_batch_seconds"
-            || name == "fleetwatch_incident_commit_to_publish_seconds")
-        {
-            continue;
-        }
+        let stage = match name {
+            "fleetwatch_kafka_record_age_seconds" => "consume (producer -> handler)",
+            "fleetwatch_incident_batch_seconds" => "evaluate + commit (per batch)",
+            "fleetwatch_incident_commit_to_publish_seconds" => "commit -> event acked",
+            "fleetwatch_kafka_produce_ack_seconds" => "produce ack",
+            _ => continue,
+        };
         for m in mf.get_metric() {
             let h = m.get_histogram();
             if h.get_sample_count() == 0 {
@@ -179,11 +215,20 @@ async fn main() {
                 .iter()
                 .map(|l| format!("{}={}", l.get_name(), l.get_value()))
                 .collect();
+            let n = h.get_sample_count();
+            let bound = |p: f64| {
+                h.get_bucket()
+                    .iter()
+                    .find(|b| b.get_cumulative_count() as f64 >= n as f64 * p)
+                    .map(|b| format!("<= {:.1}", b.get_upper_bound() * 1e3))
+                    .unwrap_or_else(|| "> last bucket".into())
+            };
             println!(
-                "{name}{{{}}}: count {} mean {:.1} ms",
+                "  {stage:<30} {{{}}}: n {n}, mean {:.1} ms, p50 {} ms, p99 {} ms",
                 labels.join(","),
-                h.get_sample_count(),
-                h.get_sample_sum() / h.get_sample_count() as f64 * 1e3
+                h.get_sample_sum() / n as f64 * 1e3,
+                bound(0.5),
+                bound(0.99)
             );
         }
     }

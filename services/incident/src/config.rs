@@ -40,7 +40,13 @@ impl Default for Config {
         Self {
             log: LogConfig::default(),
             admin: AdminConfig::on_port(9604),
-            kafka: KafkaConfig::default(),
+            kafka: {
+                // Incidents are latency-bound: a batch starts at once with
+                // what has arrived instead of lingering 10 ms for more.
+                let mut k = KafkaConfig::default();
+                k.consumer.batch_max_wait_ms = 1;
+                k
+            },
             topics: TopicNames::default(),
             database: DbConfig::default(),
             grpc: GrpcConfig::default(),
@@ -121,10 +127,11 @@ impl Default for EvidenceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboxConfig {
-    /// Fallback poll for unpublished events (commits on this replica wake the
-    /// publisher at once; this catches other replicas' and failed sends).
+    /// How often a follower replica checks whether the publisher lead is
+    /// free (a crashed leader's events wait up to this), and the leader's
+    /// fallback poll (commits on any replica wake it through NOTIFY).
     pub poll_interval_ms: u64,
-    /// Most events sent per round.
+    /// Most unpublished events read per statement.
     pub batch_size: i64,
     /// Published rows are deleted after this many hours.
     pub keep_published_hours: u32,

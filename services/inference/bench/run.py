@@ -112,6 +112,42 @@ def python_pipeline(model: Path, jpegs: list, count: int, warmup: int, threads: 
             "detections": dets, "intra_threads": threads}
 
 
+def ort_ceiling(model: Path, sessions: int, seconds: float) -> float:
+    """Model runs/s with nothing else: `sessions` single-threaded onnxruntime
+    sessions running side by side on one fixed input (onnxruntime releases the
+    GIL while it runs). No pipeline using these kernels on these cores can
+    exceed it, whatever its decoding, batching or language."""
+    import threading
+
+    def mk():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+    sess = [mk() for _ in range(sessions)]
+    name = sess[0].get_inputs()[0].name
+    size = sess[0].get_inputs()[0].shape[2]
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    for s in sess:
+        s.run(None, {name: x})
+    counts = [0] * sessions
+    stop = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
+            sess[i].run(None, {name: x})
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(sessions)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(counts) / (time.perf_counter() - t)
+
+
 # -------------------------------------------------------------------- setup
 def make_frames(n: int, w: int, h: int) -> Path:
     d = OUT / f"frames-{w}x{h}"
@@ -148,6 +184,11 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=1)
     ap.add_argument("--in-flight", type=int, default=4)
     ap.add_argument("--frame-size", default="1280x720")
+    ap.add_argument("--ceiling-secs", type=float, default=8,
+                    help="also measure onnxruntime alone (no decode/NMS) with as many single-threaded "
+                         "sessions as rust-ort uses: the most any pipeline can reach here (0 = skip)")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="run this many busy-loop neighbour processes during the measurement (a loaded node)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--bench-bin", type=Path, default=ROOT / "target/release/fleetwatch-inference-bench")
     args = ap.parse_args()
@@ -175,6 +216,15 @@ def main() -> None:
         r = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         return json.loads(r.stdout.strip().splitlines()[-1])
 
+    neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        measure(args, model, jpegs, frames, rust, w, h)
+    finally:
+        for n in neighbours:
+            n.kill()
+
+
+def measure(args, model: Path, jpegs: list, frames: Path, rust, w: int, h: int) -> None:
     load_before = os.getloadavg()[0]
     rounds = []
     for i in range(args.rounds):
@@ -197,7 +247,8 @@ def main() -> None:
         f"- python-ort: one session, intra-op threads {args.threads}, graph optimisation all (onnxruntime's defaults)",
         f"- rust-ort: {rs0['sessions']} model instance(s) x {rs0['intra_threads']} intra-op thread(s), "
         f"max batch {args.max_batch}, frames in flight {args.in_flight}",
-        f"- {args.rounds} rounds of {args.count} frames, python-ort then rust-ort in each",
+        f"- {args.rounds} rounds of {args.count} frames, python-ort then rust-ort in each"
+        + (f"; {args.busy} busy-loop neighbour process(es) running" if args.busy else ""),
         "",
         "| round | load | python-ort f/s | rust-ort f/s | rust-ort / python-ort | rust decode+letterbox ms/frame | rust model run ms/batch |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -210,6 +261,12 @@ def main() -> None:
     if tract:
         lines += ["", f"rust-tract: {tract['frames']} frames in {tract['seconds']:.2f} s, {tract['fps']:.2f} f/s "
                       f"({tract['fps'] / rounds[-1][1]['fps']:.2f}x the last python-ort round)"]
+    if args.ceiling_secs > 0:
+        sessions = rs0["sessions"]
+        ceiling = ort_ceiling(model, sessions, args.ceiling_secs)
+        lines += ["", f"onnxruntime alone, {sessions} single-threaded session(s) side by side, no decode or NMS: "
+                      f"{ceiling:.2f} runs/s = {ceiling / py_total:.2f}x python-ort, the ceiling for any "
+                      f"pipeline on these kernels and cores (rust-ort reached {rs_total / ceiling:.0%} of it)"]
     table = "\n".join(lines)
     print(table)
     (OUT / "results.md").write_text(table + "\n")
