@@ -19,14 +19,8 @@ use fleetwatch_kafka::admin::{TopicSpec, ensure_topics};
 use fleetwatch_kafka::{
     BatchHandler, Consumer, OutRecord, Producer, Record, Rejection, TransientError,
 };
-use fleetwatch_testkit::{OwnedBroker, kafka_config, unique_suffix};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use fleetwatch_testkit::bench::{self, BenchBroker};
+use fleetwatch_testkit::{kafka_config, unique_suffix};
 
 /// Each record carries its send time as nanoseconds since `origin`.
 struct Recorder {
@@ -49,49 +43,32 @@ impl BatchHandler for Handler {
     }
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
-        .map(|d| d.as_secs_f64() * 1e3)
-        .unwrap_or(f64::NAN)
-}
-
 fn summary(label: &str, mut l: Vec<Duration>) {
     l.sort();
     println!(
         "{label:<28} n {:>6}  p50 {:>6.1}  p95 {:>6.1}  p99 {:>6.1}  max {:>6.1} ms",
         l.len(),
-        pct(&l, 0.5),
-        pct(&l, 0.95),
-        pct(&l, 0.99),
-        pct(&l, 1.0)
+        bench::percentile_ms(&l, 0.5),
+        bench::percentile_ms(&l, 0.95),
+        bench::percentile_ms(&l, 0.99),
+        bench::percentile_ms(&l, 1.0)
     );
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` must not run this.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !bench::invoked_as_bench() {
         return;
     }
-    let rate = env("RATE", 1000);
-    let secs = env("SECS", 10);
-    let partitions = env("PARTITIONS", 4) as i32;
-    // A fresh broker per run: nisshi's costs grow with what it holds, so a
-    // long-lived dev broker makes each run slower than the last.
-    // BENCH_BOOTSTRAP points the bench at an existing cluster instead.
-    let _owned;
-    let bootstrap = match std::env::var("BENCH_BOOTSTRAP") {
-        Ok(b) => b,
-        Err(_) => {
-            _owned = OwnedBroker::start_memory().await;
-            _owned.bootstrap()
-        }
-    };
+    let rate = bench::env_u64("RATE", 1000);
+    let secs = bench::env_u64("SECS", 10);
+    let partitions = bench::env_u64("PARTITIONS", 4) as i32;
+    let broker = BenchBroker::start().await;
+    let bootstrap = broker.bootstrap.clone();
     let topic = format!("bench.roundtrip.{}", unique_suffix());
     let mut config = kafka_config(&bootstrap, &format!("bench-roundtrip-{}", unique_suffix()));
-    config.producer.linger_ms = env("LINGER_MS", 1) as u32;
-    config.consumer.batch_max_wait_ms = env("BATCH_WAIT_MS", 2);
+    config.producer.linger_ms = bench::env_u64("LINGER_MS", 1) as u32;
+    config.consumer.batch_max_wait_ms = bench::env_u64("BATCH_WAIT_MS", 2);
     if let Ok(v) = std::env::var("FETCH_WAIT_MS") {
         config.properties.insert("fetch.wait.max.ms".into(), v);
     }

@@ -19,37 +19,21 @@ use fleetwatch_common::Shutdown;
 use fleetwatch_kafka::{OutRecord, Producer};
 use fleetwatch_proto::message_types;
 use fleetwatch_proto::v1::{BoundingBox, Detection, DetectionBatch, IncidentEvent};
-use fleetwatch_testkit::{OwnedBroker, TestDb, fresh_topics, kafka_config, unique_suffix};
+use fleetwatch_testkit::bench::{self, BenchBroker};
+use fleetwatch_testkit::{TestDb, fresh_topics, kafka_config, unique_suffix};
 use prost::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` must not run this.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !bench::invoked_as_bench() {
         return;
     }
-    let rate = env("RATE", 1000);
-    let secs = env("SECS", 10);
-    // A fresh broker per run: nisshi's costs grow with what it holds, so a
-    // long-lived dev broker makes each run slower than the last.
-    // BENCH_BOOTSTRAP points the bench at an existing cluster instead.
-    let _owned;
-    let bootstrap = match std::env::var("BENCH_BOOTSTRAP") {
-        Ok(b) => b,
-        Err(_) => {
-            _owned = OwnedBroker::start_memory().await;
-            _owned.bootstrap()
-        }
-    };
+    let rate = bench::env_u64("RATE", 1000);
+    let secs = bench::env_u64("SECS", 10);
+    let broker = BenchBroker::start().await;
+    let bootstrap = broker.bootstrap.clone();
     let topics = fresh_topics(&bootstrap, 4).await;
     let db = TestDb::new().await;
     sqlx::raw_sql(
@@ -155,11 +139,7 @@ async fn main() {
     let all = latencies.lock().unwrap().clone();
     let mut l: Vec<Duration> = all.iter().map(|(_, d)| *d).collect();
     l.sort();
-    let pct = |l: &[Duration], p: f64| {
-        l.get(((l.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .map(|d| d.as_secs_f64() * 1e3)
-            .unwrap_or(f64::NAN)
-    };
+    let pct = bench::percentile_ms;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "detections sent: {total} at {:.0}/s; events received: {} (missing {})",
