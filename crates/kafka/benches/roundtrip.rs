@@ -69,9 +69,8 @@ async fn main() {
     let mut config = kafka_config(&bootstrap, &format!("bench-roundtrip-{}", unique_suffix()));
     config.producer.linger_ms = bench::env_u64("LINGER_MS", 1) as u32;
     config.consumer.batch_max_wait_ms = bench::env_u64("BATCH_WAIT_MS", 2);
-    if let Ok(v) = std::env::var("FETCH_WAIT_MS") {
-        config.properties.insert("fetch.wait.max.ms".into(), v);
-    }
+    config.consumer.fetch_wait_max_ms =
+        bench::env_u64("FETCH_WAIT_MS", config.consumer.fetch_wait_max_ms.into()) as u32;
     ensure_topics(
         &config,
         &[TopicSpec {

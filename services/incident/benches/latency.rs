@@ -50,15 +50,13 @@ async fn main() {
         database: db.db_config(),
         ..Default::default()
     };
-    config.kafka.consumer.batch_max_wait_ms = 1; // the service default
-    // FETCH_WAIT_MS: the consumers' fetch.wait.max.ms (service default 10), to
-    // see how much of the latency is the broker's fetch path.
-    if let Ok(v) = std::env::var("FETCH_WAIT_MS") {
-        config
-            .kafka
-            .properties
-            .insert("fetch.wait.max.ms".into(), v);
-    }
+    // The service's latency settings, on top of the tests' broker tuning;
+    // FETCH_WAIT_MS overrides the consumers' fetch.wait.max.ms (default 10)
+    // to see how much of the latency is the broker's fetch path.
+    let service = fleetwatch_incident::Config::default().kafka.consumer;
+    config.kafka.consumer.batch_max_wait_ms = service.batch_max_wait_ms;
+    config.kafka.consumer.fetch_wait_max_ms =
+        bench::env_u64("FETCH_WAIT_MS", service.fetch_wait_max_ms.into()) as u32;
     config.kafka.producer.linger_ms = 1;
     config.database.max_connections = 16;
     config.object_store.url = format!("file://{}", objects.path().display());

@@ -42,9 +42,12 @@ impl Default for Config {
             admin: AdminConfig::on_port(9604),
             kafka: {
                 // Incidents are latency-bound: a batch starts at once with
-                // what has arrived instead of lingering 10 ms for more.
+                // what has arrived instead of lingering 10 ms for more, and
+                // a fetch waits at most 10 ms on brokers that re-check a
+                // waiting fetch only at intervals of this wait (nisshi).
                 let mut k = KafkaConfig::default();
                 k.consumer.batch_max_wait_ms = 1;
+                k.consumer.fetch_wait_max_ms = 10;
                 k
             },
             topics: TopicNames::default(),
@@ -213,6 +216,22 @@ mod tests {
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         assert_eq!(c.admin.listen.port(), 9604);
         assert_eq!(c.grpc.listen.port(), 50054);
+    }
+
+    #[test]
+    fn latency_defaults_survive_a_partial_kafka_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("incident.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbootstrap_servers = \"kafka:9092\"\n[kafka.consumer]\nmax_poll_interval_ms = 60000\n",
+        )
+        .unwrap();
+        let c: Config = fleetwatch_common::config::load_config("incident", Some(&path)).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "kafka:9092");
+        assert_eq!(c.kafka.consumer.max_poll_interval_ms, 60_000);
+        assert_eq!(c.kafka.consumer.batch_max_wait_ms, 1);
+        assert_eq!(c.kafka.consumer.fetch_wait_max_ms, 10);
     }
 
     #[test]

@@ -56,11 +56,6 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let consumer = |suffix: &str, topic: &str| -> anyhow::Result<Consumer> {
         let mut k = config.kafka.clone();
         k.consumer.group_id = format!("{}-{suffix}", config.engine.group_prefix);
-        // Incidents are latency-bound: do not let a fetch idle for
-        // librdkafka's default 500 ms (kafka.properties may override).
-        k.properties
-            .entry("fetch.wait.max.ms".into())
-            .or_insert_with(|| "10".into());
         Consumer::new(
             &k,
             &format!("fleetwatch-incident-{suffix}"),

@@ -33,6 +33,10 @@ pub fn config(
         database: db,
         ..Default::default()
     };
+    // The service's latency settings, on top of the tests' broker tuning.
+    let service = Config::default().kafka.consumer;
+    c.kafka.consumer.batch_max_wait_ms = service.batch_max_wait_ms;
+    c.kafka.consumer.fetch_wait_max_ms = service.fetch_wait_max_ms;
     c.object_store.url = format!("file://{}", objects.display());
     c.grpc.listen = "127.0.0.1:0".parse().unwrap();
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
