@@ -220,14 +220,11 @@ mod tests {
 
     #[test]
     fn latency_defaults_survive_a_partial_kafka_section() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("incident.toml");
-        std::fs::write(
-            &path,
+        let c: Config = fleetwatch_testkit::load_config_toml(
+            "incident",
             "[kafka]\nbootstrap_servers = \"kafka:9092\"\n[kafka.consumer]\nmax_poll_interval_ms = 60000\n",
         )
         .unwrap();
-        let c: Config = fleetwatch_common::config::load_config("incident", Some(&path)).unwrap();
         assert_eq!(c.kafka.bootstrap_servers, "kafka:9092");
         assert_eq!(c.kafka.consumer.max_poll_interval_ms, 60_000);
         assert_eq!(c.kafka.consumer.batch_max_wait_ms, 1);

@@ -53,15 +53,11 @@ grpc_url = "127.0.0.1:50052"
 
 #[test]
 fn unknown_keys_and_bad_types_are_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ingest.toml");
-    std::fs::write(
-        &path,
+    let err = fleetwatch_testkit::load_config_toml::<fleetwatch_ingest::Config>(
+        "ingest",
         "[http]\nlisten = \"not an address\"\n[mqtt]\nhots = \"x\"\n",
     )
-    .unwrap();
-    let err = fleetwatch_common::load_config::<fleetwatch_ingest::Config>("ingest", Some(&path))
-        .unwrap_err()
-        .to_string();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("hots") || err.contains("listen"), "{err}");
 }
