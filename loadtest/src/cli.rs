@@ -118,7 +118,7 @@ pub struct RunArgs {
     pub prefix: Option<String>,
     /// A process group to watch: `LABEL=PID[,PID...]` or `LABEL=NAME` (every
     /// process of that name). Repeatable. Without any: fleetwatch-ingest,
-    /// fleetwatch-persistence, nisshi and postgres by name. The loader is always watched.
+    /// fleetwatch-persistence, java (the broker) and postgres by name. The loader is always watched.
     #[arg(long = "proc", value_name = "LABEL=PIDS|NAME")]
     pub procs: Vec<String>,
     /// Where to write the JSON report.

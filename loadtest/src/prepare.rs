@@ -59,16 +59,8 @@ pub async fn run(a: &PrepareArgs) -> anyhow::Result<()> {
     let topics = TopicNames::default();
     let mut specs = Vec::new();
     for t in topics.all() {
-        specs.push(TopicSpec {
-            name: t.to_string(),
-            partitions: a.partitions,
-            replication: 1,
-        });
-        specs.push(TopicSpec {
-            name: format!("{t}.dlq"),
-            partitions: 1,
-            replication: 1,
-        });
+        specs.push(TopicSpec::single_replica(t, a.partitions));
+        specs.push(TopicSpec::single_replica(format!("{t}.dlq"), 1));
     }
     let created = ensure_topics(&kafka, &specs)
         .await

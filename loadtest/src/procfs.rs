@@ -330,10 +330,10 @@ mod tests {
         ));
         assert!(matches_name(
             "tokio-runtime-w",
-            b"/root/.cargo/bin/nisshi\0broker\0",
-            "nisshi"
+            b"/usr/bin/java\0-cp\0libs/*\0kafka.Kafka\0",
+            "java"
         ));
-        assert!(!matches_name("bash", b"bash\0-c\0nisshi\0", "nisshi"));
+        assert!(!matches_name("bash", b"bash\0-c\0java\0", "java"));
     }
 
     #[test]

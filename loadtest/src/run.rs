@@ -29,19 +29,15 @@ type BatchLog = Arc<Mutex<Vec<(i64, u64)>>>;
 const SINCE_MARGIN_US: i64 = 3_600_000_000;
 
 fn default_groups() -> Vec<Group> {
+    // A Kafka broker is a `java` process.
     [
-        "fleetwatch-ingest",
-        "fleetwatch-persistence",
-        "nisshi",
-        "postgres",
+        ("ingest", "fleetwatch-ingest"),
+        ("persistence", "fleetwatch-persistence"),
+        ("broker", "java"),
+        ("postgres", "postgres"),
     ]
     .into_iter()
-    .map(|n| {
-        Group::new(
-            n.trim_start_matches("fleetwatch-"),
-            Selector::Name(n.to_string()),
-        )
-    })
+    .map(|(label, name)| Group::new(label, Selector::Name(name.to_string())))
     .collect()
 }
 

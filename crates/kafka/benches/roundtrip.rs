@@ -3,7 +3,7 @@
 //! Sends small records at `RATE`/s for `SECS` s through [`Producer`] to a
 //! fresh topic and reads them back with the at-least-once [`Consumer`]
 //! (handler does nothing), against the real broker
-//! (a fresh nisshi memory broker, or `BENCH_BOOTSTRAP`). Reports, per phase of
+//! (a fresh Kafka broker, or `BENCH_BOOTSTRAP`). Reports, per phase of
 //! the run, the producer ack latency and the send -> handler latency, so a
 //! service's end-to-end figure can be split into broker time and its own.
 //!
@@ -73,11 +73,7 @@ async fn main() {
         bench::env_u64("FETCH_WAIT_MS", config.consumer.fetch_wait_max_ms.into()) as u32;
     ensure_topics(
         &config,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions,
-            replication: 1,
-        }],
+        &[TopicSpec::single_replica(topic.clone(), partitions)],
     )
     .await
     .unwrap();

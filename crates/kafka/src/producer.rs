@@ -2,7 +2,7 @@
 //! record (`acks=all`, idempotent), and refuses at once when its local queue
 //! is full, so callers can answer 503 instead of blocking or dropping.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -66,12 +66,12 @@ pub struct Delivered {
 
 /// Cheap to clone; clones share one client.
 ///
-/// The client heals itself: an idempotent producer can get stuck after an
-/// outage (a fatal error, or a broker that refuses the epoch bump librdkafka
-/// makes after timed-out records, as nisshi does), and every later send would
-/// fail. After failures spanning two delivery timeouts with no success in
-/// between, or at once on a fatal error, the client is replaced by a fresh one
-/// (a new producer id). Records in flight on the old client still resolve.
+/// The client heals itself: after a fatal error (an idempotent producer's
+/// unrecoverable sequence gap, a fenced producer id) every later send on
+/// that client would fail, so it is replaced by a fresh one (a new producer
+/// id). Records in flight on the old client still resolve. Plain delivery
+/// timeouts during an outage need nothing: librdkafka bumps the epoch and
+/// Kafka accepts it.
 #[derive(Clone)]
 pub struct Producer {
     shared: Arc<Shared>,
@@ -82,9 +82,6 @@ struct Shared {
     client: RwLock<Arc<FutureProducer<Context>>>,
     config: ClientConfig,
     client_id: String,
-    /// When the current run of failures began; `None` after a success.
-    failing_since: Mutex<Option<Instant>>,
-    heal_after: Duration,
 }
 
 impl Producer {
@@ -95,8 +92,6 @@ impl Producer {
             client: RwLock::new(Arc::new(client)),
             config: client_config,
             client_id: client_id.to_string(),
-            failing_since: Mutex::new(None),
-            heal_after: Duration::from_millis(u64::from(config.producer.delivery_timeout_ms) * 2),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -112,29 +107,12 @@ impl Producer {
             .clone()
     }
 
-    fn record_success(&self) {
-        *self
-            .shared
-            .failing_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// Counts a failed delivery on `used`; replaces the client when it looks stuck.
-    fn record_failure(&self, used: &Arc<FutureProducer<Context>>) {
-        let fatal = used.client().fatal_error();
-        let stuck = {
-            let mut since = self
-                .shared
-                .failing_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let start = *since.get_or_insert_with(Instant::now);
-            start.elapsed() >= self.shared.heal_after
-        };
-        if fatal.is_none() && !stuck {
+    /// Called after a failed delivery on `used`: replaces the client if it
+    /// hit a fatal error.
+    fn heal_if_fatal(&self, used: &Arc<FutureProducer<Context>>) {
+        let Some((code, reason)) = used.client().fatal_error() else {
             return;
-        }
+        };
         let mut current = self
             .shared
             .client
@@ -147,23 +125,11 @@ impl Producer {
         match create(&self.shared.config) {
             Ok(fresh) => {
                 *current = Arc::new(fresh);
-                *self
-                    .shared
-                    .failing_since
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
                 metrics::PRODUCER_RESETS
                     .with_label_values(&[&self.shared.client_id])
                     .inc();
-                match fatal {
-                    Some((code, reason)) => {
-                        tracing::warn!(client_id = %self.shared.client_id, %code, reason,
-                        "kafka producer hit a fatal error; replaced it with a new one")
-                    }
-                    None => tracing::warn!(client_id = %self.shared.client_id,
-                        failing_for_ms = self.shared.heal_after.as_millis() as u64,
-                        "kafka producer failed every delivery for two delivery timeouts; replaced it with a new one"),
-                }
+                tracing::warn!(client_id = %self.shared.client_id, %code, reason,
+                    "kafka producer hit a fatal error; replaced it with a new one");
             }
             Err(e) => tracing::warn!(error = %e, "cannot create a replacement kafka producer"),
         }
@@ -278,7 +244,6 @@ impl Pending {
         let topic = self.topic.as_str();
         match self.delivery.await {
             Ok(Ok(d)) => {
-                self.producer.record_success();
                 metrics::PRODUCED.with_label_values(&[topic, "ok"]).inc();
                 metrics::PRODUCE_SECONDS
                     .with_label_values(&[topic])
@@ -299,9 +264,7 @@ impl Pending {
                     ("error", e.into())
                 };
                 metrics::PRODUCED.with_label_values(&[topic, label]).inc();
-                if err.is_retryable() {
-                    self.producer.record_failure(&self.client);
-                }
+                self.producer.heal_if_fatal(&self.client);
                 Err(err)
             }
             // The producer was dropped with the record in flight.

@@ -1,7 +1,7 @@
 //! Detection -> incident event latency at a fixed detection rate.
 //!
 //! Starts the incident service in-process against the real broker
-//! (a fresh nisshi memory broker, or `BENCH_BOOTSTRAP`) and a fresh Postgres
+//! (a fresh Kafka broker, or `BENCH_BOOTSTRAP`) and a fresh Postgres
 //! database, sends `no_helmet` detections for distinct vehicles at
 //! `RATE`/s for `SECS` s (each opens an incident, so each must produce one
 //! OPENED event), and reports the time from handing the detection to the

@@ -42,12 +42,9 @@ impl Default for Config {
             admin: AdminConfig::on_port(9604),
             kafka: {
                 // Incidents are latency-bound: a batch starts at once with
-                // what has arrived instead of lingering 10 ms for more, and
-                // a fetch waits at most 10 ms on brokers that re-check a
-                // waiting fetch only at intervals of this wait (nisshi).
+                // what has arrived instead of lingering 10 ms for more.
                 let mut k = KafkaConfig::default();
                 k.consumer.batch_max_wait_ms = 1;
-                k.consumer.fetch_wait_max_ms = 10;
                 k
             },
             topics: TopicNames::default(),
@@ -228,7 +225,6 @@ mod tests {
         assert_eq!(c.kafka.bootstrap_servers, "kafka:9092");
         assert_eq!(c.kafka.consumer.max_poll_interval_ms, 60_000);
         assert_eq!(c.kafka.consumer.batch_max_wait_ms, 1);
-        assert_eq!(c.kafka.consumer.fetch_wait_max_ms, 10);
     }
 
     #[test]
