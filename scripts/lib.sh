@@ -156,3 +156,6 @@ ensure_inference_venv() {
     [[ -n "$lib" ]] || die "no libonnxruntime.so.* under $venv; remove $venv and run again"
     export ORT_DYLIB_PATH="$lib"
 }
+
+# shellcheck source=scripts/s3.sh
+source "$(dirname "${BASH_SOURCE[0]}")/s3.sh"

@@ -4,12 +4,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,13 @@ pub struct ObjectStoreConfig {
     pub secret_access_key: String,
     /// Allow a plain-HTTP endpoint (MinIO in a cluster).
     pub allow_http: bool,
+    /// S3: one request's time limit, connection included (at least 1).
+    pub timeout_ms: u64,
+    /// S3: retries of a failed request inside the client (connection errors,
+    /// 5xx, throttling) before the caller sees the error.
+    pub max_retries: usize,
+    /// S3: no retry starts later than this after the first attempt.
+    pub retry_timeout_ms: u64,
 }
 
 impl Default for ObjectStoreConfig {
@@ -41,6 +49,12 @@ impl Default for ObjectStoreConfig {
             access_key_id: String::new(),
             secret_access_key: String::new(),
             allow_http: false,
+            // object_store's own defaults: a caller that retries by itself
+            // (persistence's consumer) may lower the retries so an outage
+            // shows in its metrics within seconds instead of minutes.
+            timeout_ms: 30_000,
+            max_retries: 10,
+            retry_timeout_ms: 180_000,
         }
     }
 }
@@ -61,6 +75,9 @@ impl std::fmt::Debug for ObjectStoreConfig {
                 },
             )
             .field("allow_http", &self.allow_http)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout_ms", &self.retry_timeout_ms)
             .finish()
     }
 }
@@ -76,6 +93,8 @@ pub enum ObjectsError {
         path: String,
         source: std::io::Error,
     },
+    #[error("object_store.timeout_ms must be at least 1 (it bounds every S3 request)")]
+    ZeroTimeout,
     #[error("cannot open the object store: {0}")]
     Open(#[from] object_store::Error),
 }
@@ -132,6 +151,9 @@ pub fn open(config: &ObjectStoreConfig) -> Result<(Arc<dyn ObjectStore>, String)
             Ok((Arc::new(store), format!("file://{}", dir.display())))
         }
         ObjectLocation::S3 { bucket, prefix } => {
+            if config.timeout_ms == 0 {
+                return Err(ObjectsError::ZeroTimeout);
+            }
             // from_env picks up AWS_* (keys, region, endpoint, session token);
             // explicit config wins over it.
             let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
@@ -150,6 +172,16 @@ pub fn open(config: &ObjectStoreConfig) -> Result<(Arc<dyn ObjectStore>, String)
             if config.allow_http {
                 b = b.with_allow_http(true);
             }
+            b = b
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                    format!("{}ms", config.timeout_ms),
+                )
+                .with_retry(RetryConfig {
+                    backoff: BackoffConfig::default(),
+                    max_retries: config.max_retries,
+                    retry_timeout: Duration::from_millis(config.retry_timeout_ms),
+                });
             let s3 = b.build()?;
             let shown = format!("s3://{bucket}/{prefix}");
             if prefix.is_empty() {
