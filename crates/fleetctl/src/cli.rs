@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::mqtt::MqttLoginArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fleetctl",
@@ -56,6 +58,9 @@ pub enum Command {
     /// Registered vehicles and their tokens.
     #[command(subcommand)]
     Vehicles(VehiclesCommand),
+    /// MQTT logins in Mosquitto's password file.
+    #[command(subcommand)]
+    Mqtt(MqttCommand),
     /// Simulate a fleet sending telemetry, frames and detections to ingest.
     Simulate(Box<SimulateArgs>),
     /// Print the records of a topic as JSON lines.
@@ -147,7 +152,8 @@ impl VehicleKind {
 
 #[derive(Debug, Subcommand)]
 pub enum VehiclesCommand {
-    /// Register a vehicle; its new token is the last line of stdout.
+    /// Register a vehicle; its new token is the last line of stdout. With
+    /// --mqtt-password-file it also gets an MQTT login (its id and token).
     Add {
         id: String,
         #[arg(long, value_enum, default_value = "drone")]
@@ -155,15 +161,44 @@ pub enum VehiclesCommand {
         /// Display name.
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        mqtt: MqttLoginArgs,
     },
     /// List registered vehicles.
     List,
-    /// Issue a new token (the old one stops working at once); printed on the last line.
-    RotateToken { id: String },
+    /// Issue a new token (the old one stops working at once, over MQTT too
+    /// with --mqtt-password-file); printed on the last line.
+    RotateToken {
+        id: String,
+        #[command(flatten)]
+        mqtt: MqttLoginArgs,
+    },
     /// Stop accepting data from a vehicle (its token stops working).
     Disable { id: String },
     /// Accept data from a disabled vehicle again.
     Enable { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MqttCommand {
+    /// Add, replace or delete a login in a Mosquitto password file (what
+    /// `mosquitto_passwd` does), e.g. the ingest bridge's. The password is
+    /// the first line of stdin, or generated with --generate.
+    Passwd {
+        /// The password file (created if missing).
+        file: PathBuf,
+        /// The username, e.g. `fleetwatch-ingest` or a vehicle id.
+        user: String,
+        /// Generate a random password and print it alone on stdout.
+        #[arg(long, conflicts_with = "delete")]
+        generate: bool,
+        /// Remove the user instead.
+        #[arg(long)]
+        delete: bool,
+        /// Mosquitto's `pid_file`: send it SIGHUP afterwards so the change takes effect.
+        #[arg(long, env = "FLEETWATCH_MQTT_PID_FILE")]
+        reload_pid_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,9 +265,13 @@ pub struct SimulateArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub grpc_url: String,
-    /// MQTT broker `host:port`; telemetry goes to `fleet/<id>/telemetry` with QoS 1.
+    /// MQTT broker `host:port`; each vehicle logs in with its id and token
+    /// and sends to `fleet/<id>/telemetry` with QoS 1.
     #[arg(long, env = "FLEETWATCH_MQTT", default_value = "127.0.0.1:1883")]
     pub mqtt: String,
+    /// With --register: the vehicles' MQTT logins.
+    #[command(flatten)]
+    pub mqtt_login: MqttLoginArgs,
     /// JPEG frames per second per vehicle (0 = none), POSTed to /api/v1/frames.
     #[arg(long, default_value_t = 0.0)]
     pub frames_fps: f64,

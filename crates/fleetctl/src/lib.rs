@@ -1,5 +1,6 @@
 //! fleetctl, the operator and data-engineer CLI: schema migrations, Kafka
-//! topics, vehicle registration, a simulated fleet, and tailing topics.
+//! topics, vehicle registration and MQTT logins, a simulated fleet, and
+//! tailing topics.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -7,6 +8,7 @@ pub mod cli;
 mod connect;
 pub mod incidents;
 pub mod migrate;
+pub mod mqtt;
 pub mod settings;
 pub mod simulate;
 pub mod tail;
@@ -25,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { create_database } => migrate::run(&g, create_database).await?,
         Command::Topics(cmd) => topics::run(&g, cmd).await?,
         Command::Vehicles(cmd) => vehicles::run(&g, cmd).await?,
+        Command::Mqtt(cmd) => mqtt::run(cmd)?,
         Command::Simulate(args) => return simulate::run(&g, *args).await,
         Command::Tail(args) => tail::run(&g, args).await?,
         Command::Incidents(args) => incidents::run(args).await?,

@@ -1,4 +1,8 @@
 //! `fleetctl vehicles`: register vehicles, rotate tokens, disable/enable.
+//! With `--mqtt-password-file`, `add` and `rotate-token` also write the
+//! vehicle's Mosquitto login (its id and token). `disable` leaves the login:
+//! the bridge dead-letters a disabled vehicle's messages, and `enable` needs
+//! no new token.
 //!
 //! Tools rely on `add` and `rotate-token` printing the token alone on the last
 //! line of stdout; everything else goes to stderr.
@@ -8,14 +12,20 @@ use chrono::{DateTime, Utc};
 use fleetwatch_db::DbError;
 
 use crate::cli::{Global, VehiclesCommand};
-use crate::connect;
+use crate::{connect, mqtt};
 
 type VehicleRow = (String, String, Option<String>, bool, DateTime<Utc>);
 
 pub async fn run(g: &Global, cmd: VehiclesCommand) -> anyhow::Result<()> {
     let pool = connect::db(&g.database_url).await?;
     match cmd {
-        VehiclesCommand::Add { id, kind, name } => {
+        VehiclesCommand::Add {
+            id,
+            kind,
+            name,
+            mqtt: login,
+        } => {
+            mqtt::check_new_vehicle_login(&login, &id)?;
             let token = match fleetwatch_db::add_vehicle(&pool, &id, kind.as_str(), name.as_deref())
                 .await
             {
@@ -28,6 +38,9 @@ pub async fn run(g: &Global, cmd: VehiclesCommand) -> anyhow::Result<()> {
                     return Err(e).with_context(|| format!("registering vehicle {id} failed"));
                 }
             };
+            mqtt::set_vehicle_login(&login, &id, &token).with_context(|| {
+                format!("{id} is registered, but its MQTT login is not written: run `fleetctl vehicles rotate-token {id} --mqtt-password-file ...`")
+            })?;
             eprintln!(
                 "registered {} {id}; its token is shown only now:",
                 kind.as_str()
@@ -56,13 +69,19 @@ pub async fn run(g: &Global, cmd: VehiclesCommand) -> anyhow::Result<()> {
             }
             eprintln!("{} vehicles", rows.len());
         }
-        VehiclesCommand::RotateToken { id } => {
+        VehiclesCommand::RotateToken { id, mqtt: login } => {
+            if login.mqtt_password_file.is_some() {
+                mqtt::check_username(&id)?;
+            }
             let token = fleetwatch_db::rotate_token(&pool, &id)
                 .await
                 .with_context(|| format!("rotating the token of {id} failed"))?
                 .with_context(|| {
                     format!("no vehicle {id}: register it with `fleetctl vehicles add {id}`")
                 })?;
+            mqtt::set_vehicle_login(&login, &id, &token).with_context(|| {
+                format!("{id} has a new token, but its MQTT login is not updated: rotate again")
+            })?;
             eprintln!("new token for {id} (the old one no longer works):");
             println!("{token}");
         }

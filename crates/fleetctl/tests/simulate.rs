@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{FakeIngest, Mode, fleetctl, stderr, stdout, write_tokens};
 use fleetwatch_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use fleetwatch_proto::v1::{DetectionBatch, Frame, IngestAck, TelemetryChunk, TelemetryPoint};
-use fleetwatch_testkit::{TestDb, mqtt_addr, unique_suffix, wait_for};
+use fleetwatch_testkit::{TestDb, unique_suffix, wait_for};
 use serde_json::Value;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -306,13 +306,14 @@ async fn register_creates_tokens_once_and_reuses_them() {
 }
 
 #[tokio::test]
-async fn mqtt_publishes_json_to_each_vehicles_topic() {
-    let (host, port) = mqtt_addr();
-    let prefix = format!("m{}", unique_suffix());
-    let mut opts = rumqttc::MqttOptions::new(format!("sub-{prefix}"), host.clone(), port);
+async fn mqtt_vehicles_log_in_as_themselves_and_publish_to_their_topics() {
+    use fleetwatch_testkit::mqtt::{BRIDGE_USER, Mosquitto};
+    let db = TestDb::new().await;
+    let broker = Mosquitto::start().await;
+    // The bridge's view: everything the ACL lets vehicles send.
+    let mut opts = broker.options(BRIDGE_USER, broker.bridge_password());
     opts.set_keep_alive(Duration::from_secs(10));
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
-    // `+` must be a whole level, so filter on the prefix here.
     client
         .subscribe("fleet/+/telemetry", rumqttc::QoS::AtLeastOnce)
         .await
@@ -320,14 +321,12 @@ async fn mqtt_publishes_json_to_each_vehicles_topic() {
     let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
     let subscribed = Arc::new(tokio::sync::Notify::new());
     {
-        let (got, subscribed, prefix) = (got.clone(), subscribed.clone(), prefix.clone());
+        let (got, subscribed) = (got.clone(), subscribed.clone());
         tokio::spawn(async move {
             while let Ok(ev) = eventloop.poll().await {
                 match ev {
                     rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => subscribed.notify_one(),
-                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))
-                        if p.topic.starts_with(&format!("fleet/{prefix}-")) =>
-                    {
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
                         got.lock()
                             .unwrap()
                             .push((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap()));
@@ -341,10 +340,26 @@ async fn mqtt_publishes_json_to_each_vehicles_topic() {
         .await
         .unwrap();
 
-    let mqtt = format!("{host}:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let prefix = format!("m{}", unique_suffix());
+    let (mqtt, passwd, pid) = (
+        broker.addr(),
+        broker.password_file().display().to_string(),
+        broker.pid_file().display().to_string(),
+    );
     let out = fleetctl(
         &[
             "simulate",
+            "--register",
+            "--database-url",
+            &db.url,
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+            "--mqtt-password-file",
+            &passwd,
+            "--mqtt-reload-pid-file",
+            &pid,
             "--protocol",
             "mqtt",
             "--mqtt",
@@ -364,7 +379,20 @@ async fn mqtt_publishes_json_to_each_vehicles_topic() {
     )
     .await;
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("mqtt logins: 2 written"),
+        "{}",
+        stderr(&out)
+    );
     let summary = stdout(&out);
+    let errors = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("errors"))
+        .unwrap();
+    assert!(
+        errors.contains("connection 0"),
+        "no refused logins: {summary}"
+    );
     let points = summary
         .lines()
         .find(|l| l.trim_start().starts_with("points"))
@@ -401,6 +429,61 @@ async fn mqtt_publishes_json_to_each_vehicles_topic() {
         }
     }
     assert_eq!(last.len(), 2);
+
+    // A rerun reuses the tokens and the logins; without a login the
+    // vehicles are refused, and the summary says why.
+    let out = fleetctl(
+        &[
+            "simulate",
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+            "--protocol",
+            "mqtt",
+            "--mqtt",
+            &mqtt,
+            "--vehicles",
+            "2",
+            "--prefix",
+            "other",
+            "--duration",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no token for other-001"),
+        "{}",
+        stderr(&out)
+    );
+    let other: BTreeMap<&str, &str> = [("zz-001", "fw_unknown")].into();
+    write_tokens(&tokens, &other.into_iter().collect::<Vec<_>>());
+    let out = fleetctl(
+        &[
+            "simulate",
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+            "--protocol",
+            "mqtt",
+            "--mqtt",
+            &mqtt,
+            "--vehicles",
+            "1",
+            "--prefix",
+            "zz",
+            "--duration",
+            "1.5",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("refused zz-001's login"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// A gRPC ingest that refuses the first stream as busy, then accepts.

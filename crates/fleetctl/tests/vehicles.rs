@@ -179,3 +179,112 @@ async fn refuses_a_database_without_the_schema() {
         stderr(&out)
     );
 }
+
+/// Mosquitto (the shipped config) accepts the logins fleetctl writes, and
+/// only while they are current.
+#[tokio::test]
+async fn vehicles_get_mqtt_logins_that_mosquitto_accepts() {
+    use fleetwatch_testkit::mqtt::{BRIDGE_USER, Mosquitto};
+    use fleetwatch_testkit::wait_for;
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let broker = Mosquitto::start().await;
+    let passwd = broker.password_file().display().to_string();
+    let pid = broker.pid_file().display().to_string();
+    let env = [
+        ("FLEETWATCH_DATABASE_URL", db.url.as_str()),
+        ("FLEETWATCH_MQTT_PASSWORD_FILE", passwd.as_str()),
+        ("FLEETWATCH_MQTT_PID_FILE", pid.as_str()),
+    ];
+    let out = fleetctl(&["vehicles", "add", "drone-9"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = last_line(&out);
+    broker.wait_accepts("drone-9", &token).await;
+
+    let out = fleetctl(&["vehicles", "rotate-token", "drone-9"], &env).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = last_line(&out);
+    broker.wait_accepts("drone-9", &new).await;
+    assert!(
+        broker.try_connect("drone-9", &token).await.is_err(),
+        "the old token no longer logs in"
+    );
+
+    // A name the password file already has (here the bridge's) is refused
+    // before anything is registered.
+    let out = fleetctl(&["vehicles", "add", BRIDGE_USER], &env).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already has an MQTT user"),
+        "{}",
+        stderr(&out)
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM vehicles WHERE id = $1")
+        .bind(BRIDGE_USER)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    broker
+        .try_connect(BRIDGE_USER, broker.bridge_password())
+        .await
+        .unwrap();
+    let out = fleetctl(&["vehicles", "add", "boat:1"], &env).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no ':'"), "{}", stderr(&out));
+
+    // `fleetctl mqtt passwd`: the bridge's login, from stdin or generated.
+    let passwd_cmd = |extra: &[&str], stdin: &'static str| {
+        let mut cmd = tokio::process::Command::new(fleetwatch_testkit::binary("fleetctl"));
+        cmd.args([
+            "mqtt",
+            "passwd",
+            &passwd,
+            BRIDGE_USER,
+            "--reload-pid-file",
+            &pid,
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = cmd.spawn().unwrap();
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin.as_bytes()).await.unwrap();
+            drop(input);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let out = passwd_cmd(&[], "bridge-from-stdin\n").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    broker.wait_accepts(BRIDGE_USER, "bridge-from-stdin").await;
+    let out = passwd_cmd(&["--generate"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let generated = last_line(&out);
+    assert!(generated.len() >= 32, "{generated}");
+    broker.wait_accepts(BRIDGE_USER, &generated).await;
+    let out = passwd_cmd(&["--delete"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        "the deleted login to be refused",
+        Duration::from_secs(10),
+        || async {
+            broker
+                .try_connect(BRIDGE_USER, &generated)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    let out = passwd_cmd(&[], "").await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no password on stdin"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -14,6 +14,8 @@ use fleetwatch_kafka::admin::{TopicSpec, ensure_topics};
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
 use rand::Rng;
 
+pub mod mqtt;
+
 pub mod s3;
 
 /// Postgres server used by tests (`FLEETWATCH_TEST_PG`, default local trust auth).

@@ -87,6 +87,15 @@ app.kubernetes.io/component: {{ .name }}
 {{- default (include "fleetwatch.credentialsSecret" .) .Values.database.existingSecret -}}
 {{- end -}}
 
+{{- define "fleetwatch.mqttSecret" -}}
+{{- default (include "fleetwatch.credentialsSecret" .) .Values.mqtt.existingSecret -}}
+{{- end -}}
+
+{{/* Whether the MQTT bridge gets a password at all ("true" or ""). */}}
+{{- define "fleetwatch.mqttPassword" -}}
+{{- if or .Values.mqtt.existingSecret .Values.mqtt.password -}}true{{- end -}}
+{{- end -}}
+
 {{- define "fleetwatch.objectStoreSecret" -}}
 {{- default (include "fleetwatch.credentialsSecret" .) .Values.objectStore.existingSecret -}}
 {{- end -}}
@@ -100,7 +109,8 @@ app.kubernetes.io/component: {{ .name }}
 {{- define "fleetwatch.createCredentials" -}}
 {{- $db := not .Values.database.existingSecret -}}
 {{- $os := and (not .Values.objectStore.existingSecret) (or .Values.objectStore.accessKeyId .Values.objectStore.secretAccessKey) -}}
-{{- if or $db $os -}}true{{- end -}}
+{{- $mqtt := and (not .Values.mqtt.existingSecret) .Values.mqtt.password -}}
+{{- if or $db $os $mqtt -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -121,7 +131,7 @@ service's own `config` on top. Context: dict root name svc. Returns YAML.
 {{- end -}}
 {{- end -}}
 {{- if $uses.mqtt -}}
-{{- $_ := set $c "mqtt" (dict "host" $root.Values.mqtt.host "port" $root.Values.mqtt.port) -}}
+{{- $_ := set $c "mqtt" (dict "host" $root.Values.mqtt.host "port" $root.Values.mqtt.port "username" $root.Values.mqtt.username) -}}
 {{- end -}}
 {{- if $uses.objectStore -}}
 {{- $o := $root.Values.objectStore -}}
@@ -177,8 +187,20 @@ Context: dict root table prefix.
 {{/* fleetctl's FLEETCTL_CONFIG text. */}}
 {{- define "fleetwatch.fleetctlToml" -}}
 {{- $t := .Values.migration.topics -}}
+{{- if hasKey $t "replication" -}}
+{{- fail "migration.topics.replication is now migration.topics.replicationFactor (with minInsyncReplicas next to it)" -}}
+{{- end -}}
+{{- /* Topic configs are strings to Kafka; numbers in values become their JSON text. */ -}}
+{{- $configs := dict -}}
+{{- range $topic, $kv := ($t.configs | default dict) -}}
+{{- $c := dict -}}
+{{- range $k, $v := $kv -}}
+{{- $_ := set $c $k (ternary $v (toJson $v) (kindIs "string" $v)) -}}
+{{- end -}}
+{{- $_ := set $configs $topic $c -}}
+{{- end -}}
 # fleetctl topic settings, rendered by the Helm chart.
-{{- include "fleetwatch.toml" (dict "root" . "table" (dict "topics" (dict "default_partitions" $t.defaultPartitions "dlq_partitions" $t.dlqPartitions "replication" $t.replication "partitions" ($t.partitions | default dict))) "prefix" "") }}
+{{- include "fleetwatch.toml" (dict "root" . "table" (dict "topics" (dict "default_partitions" $t.defaultPartitions "dlq_partitions" $t.dlqPartitions "replication_factor" $t.replicationFactor "min_insync_replicas" $t.minInsyncReplicas "max_message_bytes" $t.maxMessageBytes "frames_max_message_bytes" $t.framesMaxMessageBytes "partitions" ($t.partitions | default dict) "configs" $configs)) "prefix" "") }}
 {{ end -}}
 
 {{/* Validation ----------------------------------------------------------- */}}

@@ -1,6 +1,8 @@
 //! The ingest configuration (`FLEETWATCH_INGEST__SECTION__KEY` in the environment).
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use fleetwatch_common::config::Validate;
 use fleetwatch_common::{AdminConfig, LogConfig};
@@ -96,6 +98,14 @@ pub struct MqttConfig {
     pub host: String,
     /// MQTT broker port.
     pub port: u16,
+    /// Username the bridge logs in with (the shipped Mosquitto ACL names
+    /// `fleetwatch-ingest`). Empty = anonymous.
+    pub username: String,
+    /// Password of `username`. Never logged.
+    pub password: Secret,
+    /// File holding the password instead (trailing newline ignored), e.g. a
+    /// mounted Kubernetes Secret; read at start.
+    pub password_file: Option<PathBuf>,
     /// Client id; must be stable across restarts so the broker keeps the
     /// persistent session (and its unacknowledged messages) for us, and
     /// unique per replica. Default: `fleetwatch-ingest-<hostname>` (in
@@ -127,6 +137,9 @@ impl Default for MqttConfig {
             enabled: true,
             host: "127.0.0.1".into(),
             port: 1883,
+            username: String::new(),
+            password: Secret::default(),
+            password_file: None,
             client_id: default_client_id(),
             shared_group: "fleetwatch-ingest".into(),
             telemetry_filters: vec!["fleet/+/telemetry".into()],
@@ -135,6 +148,102 @@ impl Default for MqttConfig {
             max_in_flight: 1024,
             reconnect_max_backoff_ms: 5_000,
         }
+    }
+}
+
+impl MqttConfig {
+    /// The bridge's login: `None` for anonymous, else username and password
+    /// (from `password` or `password_file`).
+    pub fn credentials(&self) -> Result<Option<(String, Secret)>, String> {
+        let password = match (&self.password_file, self.password.is_empty()) {
+            (Some(_), false) => {
+                return Err("mqtt.password and mqtt.password_file are both set; keep one".into());
+            }
+            (Some(path), true) => match std::fs::read_to_string(path) {
+                Ok(s) => Secret::from(s.trim_end_matches(['\r', '\n'])),
+                Err(e) => {
+                    return Err(format!(
+                        "mqtt.password_file: cannot read {}: {e}",
+                        path.display()
+                    ));
+                }
+            },
+            (None, _) => self.password.clone(),
+        };
+        if self.username.is_empty() {
+            if !password.is_empty() {
+                return Err("mqtt.username: must be set when a password is".into());
+            }
+            return Ok(None);
+        }
+        Ok(Some((self.username.clone(), password)))
+    }
+}
+
+/// A credential from the configuration: `Debug` never shows it, and a value
+/// of the wrong type is refused without echoing it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        // The environment layer parses `12345` or `true` as a number or a
+        // bool; serde's default error would print the value.
+        fn refuse<E: serde::de::Error>() -> E {
+            E::custom(
+                "must be a string (quote a password that looks like a number or a bool, or use the _file key)",
+            )
+        }
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -304,6 +413,9 @@ impl Validate for Config {
             if m.max_in_flight == 0 {
                 errs.push("mqtt.max_in_flight: must be at least 1".into());
             }
+            if let Err(e) = m.credentials() {
+                errs.push(e);
+            }
         }
         errs
     }
@@ -350,6 +462,68 @@ mod tests {
         ] {
             assert!(errs.contains(needle), "{needle} missing in {errs}");
         }
+    }
+
+    #[test]
+    fn the_bridge_password_is_never_printed() {
+        let mut c = Config::default();
+        c.mqtt.username = "fleetwatch-ingest".into();
+        c.mqtt.password = Secret::from("hunter2-s3cret");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert_eq!(
+            c.mqtt
+                .credentials()
+                .unwrap()
+                .map(|(u, p)| (u, p.expose().to_string())),
+            Some(("fleetwatch-ingest".into(), "hunter2-s3cret".into()))
+        );
+    }
+
+    #[test]
+    fn credentials_from_a_file_or_none() {
+        let mut c = MqttConfig::default();
+        assert_eq!(c.credentials(), Ok(None));
+        c.password = Secret::from("x");
+        assert!(c.credentials().unwrap_err().contains("mqtt.username"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "from-file\n").unwrap();
+        c.username = "bridge".into();
+        c.password_file = Some(path.clone());
+        assert!(c.credentials().unwrap_err().contains("both set"));
+        c.password = Secret::default();
+        assert_eq!(
+            c.credentials()
+                .unwrap()
+                .map(|(_, p)| p.expose().to_string()),
+            Some("from-file".into())
+        );
+        c.password_file = Some(dir.path().join("missing"));
+        assert!(c.credentials().unwrap_err().contains("mqtt.password_file"));
+    }
+
+    #[test]
+    fn a_numeric_password_is_refused_without_echoing_it() {
+        let err = fleetwatch_testkit::load_config_toml::<Config>(
+            "ingest",
+            "[mqtt]\nusername = \"b\"\npassword = 987654321\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("password") && err.contains("must be a string"),
+            "{err}"
+        );
+        assert!(!err.contains("987654321"), "{err}");
+        let c: Config = fleetwatch_testkit::load_config_toml(
+            "ingest",
+            "[mqtt]\nusername = \"b\"\npassword = \"987654321\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.password.expose(), "987654321");
     }
 
     #[test]

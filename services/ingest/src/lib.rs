@@ -113,18 +113,21 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     ));
 
     let (mqtt, mqtt_subscribed) = if config.mqtt.enabled {
+        // The bridge owns readiness: ready while the broker has it logged in and subscribed.
         let (h, s) = mqtt::start(
             app.clone(),
             config.mqtt.clone(),
             config.kafka.producer.max_message_bytes,
+            readiness.clone(),
             shutdown.clone(),
-        );
+        )
+        .context("mqtt bridge")?;
         (Some(h), Some(s))
     } else {
+        readiness.set(true);
         (None, None)
     };
 
-    readiness.set(true);
     tracing::info!(%http_addr, %grpc_addr, %admin_addr, mqtt = config.mqtt.enabled, "ingest started");
 
     let handle = tokio::spawn(async move {

@@ -59,7 +59,7 @@ pub static MQTT_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static MQTT_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "fleetwatch_ingest_mqtt_connection_events_total",
-        "MQTT connection events: connected, error",
+        "MQTT connection events: connected, refused (login or client id), error",
         &["event"]
     )
     .unwrap()

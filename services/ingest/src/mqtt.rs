@@ -7,6 +7,11 @@
 //! order. Two tasks: the event loop, which must never block on Kafka, and a
 //! pipeline that validates messages one by one (cheap, and it keeps records
 //! in arrival order) while up to `max_in_flight` wait for their Kafka acks.
+//!
+//! The bridge logs in with its own credentials (`mqtt.username`/`password`);
+//! a refused login keeps the service not ready and retrying, with an ERROR
+//! that says what to fix, so a corrected password file heals it without a
+//! restart.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,11 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use fleetwatch_common::Readiness;
 use fleetwatch_common::Shutdown;
 use fleetwatch_kafka::{ProduceError, headers};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Outgoing, Packet, Publish,
+    QoS, SubscribeFilter,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -108,13 +117,19 @@ type Pending = Pin<Box<dyn Future<Output = (u64, Publish, bool)> + Send>>;
 /// Starts the bridge; the handle finishes after shutdown once in-flight
 /// messages are acknowledged (or left for redelivery). The watch counts
 /// subscriptions the broker granted (one per connection).
+/// The bridge is ready once the broker accepted its login and granted
+/// every subscription, and stays so only while connected.
 pub fn start(
     app: Arc<App>,
     config: MqttConfig,
     kafka_max_message_bytes: u32,
+    readiness: Readiness,
     shutdown: Shutdown,
-) -> (JoinHandle<()>, watch::Receiver<u64>) {
+) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<u64>)> {
     let mut opts = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+    if let Some((username, password)) = config.credentials().map_err(anyhow::Error::msg)? {
+        opts.set_credentials(username, password.expose());
+    }
     opts.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
@@ -138,7 +153,11 @@ pub fn start(
         tx,
         generation.clone(),
         stop.clone(),
-        subscribed_tx,
+        Connected {
+            subscribed: subscribed_tx,
+            readiness,
+            shutdown: shutdown.clone(),
+        },
     ));
     let pipeline = Pipeline {
         app,
@@ -157,7 +176,45 @@ pub fn start(
             stop.cancel();
         }
     });
-    (handle, subscribed)
+    Ok((handle, subscribed))
+}
+
+/// What the event loop reports about the connection.
+struct Connected {
+    /// Counts connections whose subscriptions were all granted.
+    subscribed: watch::Sender<u64>,
+    readiness: Readiness,
+    /// Once the service stops, readiness stays false.
+    shutdown: Shutdown,
+}
+
+impl Connected {
+    fn set_ready(&self, ready: bool) {
+        self.readiness.set(ready && !self.shutdown.is_cancelled());
+    }
+}
+
+/// What an operator must do about a refused CONNECT.
+fn refusal_hint(code: ConnectReturnCode, config: &MqttConfig) -> String {
+    match code {
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+            if config.username.is_empty() =>
+        {
+            "the broker does not accept anonymous clients: set mqtt.username and mqtt.password \
+             (or mqtt.password_file) to the bridge's user in the broker's password file"
+                .into()
+        }
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => format!(
+            "the broker refused the bridge's login as {:?}: check mqtt.password (or \
+             mqtt.password_file) against the broker's password file; \
+             `fleetctl mqtt passwd <file> {}` writes an entry, and SIGHUP makes Mosquitto reload it",
+            config.username, config.username
+        ),
+        ConnectReturnCode::BadClientId => {
+            "the broker refused mqtt.client_id; pick another (letters and digits)".into()
+        }
+        other => format!("the broker refused the connection ({other:?})"),
+    }
 }
 
 async fn run_eventloop(
@@ -167,7 +224,7 @@ async fn run_eventloop(
     tx: mpsc::Sender<(u64, Publish)>,
     generation: Arc<AtomicU64>,
     stop: Shutdown,
-    subscribed: watch::Sender<u64>,
+    connected: Connected,
 ) {
     let filters: Vec<SubscribeFilter> = config
         .telemetry_filters
@@ -177,6 +234,9 @@ async fn run_eventloop(
         .collect();
     let max_backoff = Duration::from_millis(config.reconnect_max_backoff_ms.max(100));
     let mut backoff = Duration::from_millis(100);
+    // The first refusal of a streak is an ERROR (an operator must act); the
+    // retries after it are not.
+    let mut refused = false;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -188,6 +248,7 @@ async fn run_eventloop(
                 // broker; their acks would be meaningless now.
                 generation.fetch_add(1, Ordering::SeqCst);
                 backoff = Duration::from_millis(100);
+                refused = false;
                 metrics::MQTT_CONNECTIONS
                     .with_label_values(&["connected"])
                     .inc();
@@ -202,9 +263,11 @@ async fn run_eventloop(
                     .iter()
                     .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                 {
-                    tracing::error!(filters = ?config.telemetry_filters.iter().chain(&config.detection_filters).collect::<Vec<_>>(), "mqtt broker refused a subscription; check its ACLs");
+                    connected.set_ready(false);
+                    tracing::error!(username = %config.username, filters = ?config.telemetry_filters.iter().chain(&config.detection_filters).collect::<Vec<_>>(), "mqtt broker refused a subscription; its ACL must let the bridge's user read these filters");
                 } else {
-                    subscribed.send_modify(|n| *n += 1);
+                    connected.set_ready(true);
+                    connected.subscribed.send_modify(|n| *n += 1);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -212,13 +275,35 @@ async fn run_eventloop(
                 // Fails only when the pipeline stopped; the broker redelivers.
                 let _ = tx.send((g, p)).await;
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                connected.set_ready(false);
+                return;
+            }
             Ok(_) => {}
+            Err(ConnectionError::ConnectionRefused(code)) => {
+                connected.set_ready(false);
+                metrics::MQTT_CONNECTIONS
+                    .with_label_values(&["refused"])
+                    .inc();
+                let retry_in_ms = backoff.as_millis() as u64;
+                if refused {
+                    tracing::debug!(code = ?code, retry_in_ms, "mqtt broker refused the connection again");
+                } else {
+                    tracing::error!(host = %config.host, port = config.port, username = %config.username, code = ?code, retry_in_ms, hint = %refusal_hint(code, &config), "mqtt broker refused the connection; not ready");
+                }
+                refused = true;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
             Err(e) => {
+                connected.set_ready(false);
                 metrics::MQTT_CONNECTIONS
                     .with_label_values(&["error"])
                     .inc();
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mqtt connection failed");
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mqtt connection failed; not ready");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

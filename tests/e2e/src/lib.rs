@@ -1,7 +1,7 @@
 //! A whole Fleetwatch stack for end-to-end tests: the real `fleetwatch-ingest`,
 //! `fleetwatch-persistence` (and, when started, `fleetwatch-inference`) binaries on free ports, a fresh database,
-//! fresh topics and a temporary object store, on the shared (or an owned)
-//! broker.
+//! fresh topics, a temporary object store and a Mosquitto of its own, on
+//! the shared (or an owned) Kafka broker.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -14,8 +14,12 @@ pub struct Stack {
     pub bootstrap: String,
     pub topics: TopicNames,
     pub objects: tempfile::TempDir,
-    /// MQTT topic prefix of this stack, so parallel tests do not cross-talk.
+    /// Unique per stack (consumer group names).
     pub mqtt_prefix: String,
+    /// The stack's own Mosquitto with the shipped config: ingest's bridge
+    /// logs in as `fleetwatch-ingest`, vehicles from [`Stack::add_vehicle`]
+    /// with their id and token.
+    pub mqtt: tk::mqtt::Mosquitto,
     pub ingest_http: u16,
     pub ingest_grpc: u16,
     pub ingest_admin: u16,
@@ -43,6 +47,7 @@ impl Stack {
             topics,
             objects: tempfile::tempdir().unwrap(),
             mqtt_prefix: tk::unique_suffix(),
+            mqtt: tk::mqtt::Mosquitto::start().await,
             ingest_http: tk::free_port(),
             ingest_grpc: tk::free_port(),
             ingest_admin: tk::free_port(),
@@ -159,8 +164,7 @@ impl Stack {
     pub async fn start_ingest(&mut self) {
         let mut env = self.common_env("ingest");
         let p = "FLEETWATCH_INGEST__";
-        let (mh, mp) = tk::mqtt_addr();
-        let pre = &self.mqtt_prefix;
+        let m = &self.mqtt;
         env.extend([
             (
                 format!("{p}HTTP__LISTEN"),
@@ -178,16 +182,15 @@ impl Stack {
                 format!("{p}PERSISTENCE__GRPC_URL"),
                 format!("http://127.0.0.1:{}", self.persistence_grpc),
             ),
-            (format!("{p}MQTT__HOST"), mh),
-            (format!("{p}MQTT__PORT"), mp.to_string()),
-            (format!("{p}MQTT__CLIENT_ID"), format!("ingest-{pre}")),
+            (format!("{p}MQTT__HOST"), m.host()),
+            (format!("{p}MQTT__PORT"), m.port().to_string()),
             (
-                format!("{p}MQTT__TELEMETRY_FILTERS"),
-                format!("[\"{pre}/fleet/+/telemetry\"]"),
+                format!("{p}MQTT__USERNAME"),
+                tk::mqtt::BRIDGE_USER.to_string(),
             ),
             (
-                format!("{p}MQTT__DETECTION_FILTERS"),
-                format!("[\"{pre}/fleet/+/detections\"]"),
+                format!("{p}MQTT__PASSWORD"),
+                m.bridge_password().to_string(),
             ),
         ]);
         self.ingest = Some(ServiceProcess::spawn("fleetwatch-ingest", &env));
@@ -231,10 +234,13 @@ impl Stack {
         format!("http://127.0.0.1:{}{path}", self.ingest_http)
     }
 
+    /// Registers a vehicle and gives it its MQTT login; returns its token.
     pub async fn add_vehicle(&self, id: &str) -> String {
-        fleetwatch_db::add_vehicle(&self.db.pool, id, "drone", None)
+        let token = fleetwatch_db::add_vehicle(&self.db.pool, id, "drone", None)
             .await
-            .unwrap()
+            .unwrap();
+        self.mqtt.add_user(id, &token).await;
+        token
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

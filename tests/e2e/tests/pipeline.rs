@@ -95,14 +95,14 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
     assert_eq!(ack.accepted, 1);
 
     // MQTT (QoS 1): wait for the broker's PUBACK.
-    let (mh, mp) = tk::mqtt_addr();
-    let mut opts = rumqttc::MqttOptions::new(format!("veh-{}", tk::unique_suffix()), mh, mp);
+    // The vehicle logs in with its id and token.
+    let mut opts = stack.mqtt.options("e2e-1", &token);
     opts.set_keep_alive(Duration::from_secs(5));
     let (mqtt, mut events) = rumqttc::AsyncClient::new(opts, 10);
     let payload = json!({"drone_id": "e2e-1", "timestamp": ts(2_000), "lat": 28.72, "lon": 77.12})
         .to_string();
     mqtt.publish(
-        format!("{}/fleet/e2e-1/telemetry", stack.mqtt_prefix),
+        "fleet/e2e-1/telemetry",
         rumqttc::QoS::AtLeastOnce,
         false,
         payload,

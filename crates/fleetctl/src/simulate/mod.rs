@@ -131,23 +131,31 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         } else {
             tokens::load_all(&args.tokens_file, &ids)?
         };
+        tokens::write_mqtt_logins(&args.mqtt_login, &tokens)?;
         return scenario::run(&args, &tokens).await;
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     let vehicles = fleet(&args.prefix, args.vehicles, args.kind, seed);
     let ids: Vec<String> = vehicles.iter().map(|v| v.id.to_string()).collect();
-    let needs_tokens = args.protocol != Protocol::Mqtt || args.frames_fps > 0.0 || args.detections;
+    // Every protocol needs the tokens: over MQTT a vehicle's token is its password.
     let tokens: BTreeMap<String, String> = if args.register {
         let specs: Vec<(String, &'static str)> = vehicles
             .iter()
             .map(|v| (v.id.to_string(), v.kind.as_str()))
             .collect();
         tokens::register(&g.database_url, &args.tokens_file, &specs).await?
-    } else if needs_tokens {
-        tokens::load_all(&args.tokens_file, &ids)?
     } else {
-        BTreeMap::new()
+        tokens::load_all(&args.tokens_file, &ids)?
     };
+    let written = tokens::write_mqtt_logins(&args.mqtt_login, &tokens)?;
+    if let (Protocol::Mqtt, Some((id, token)), Some(_)) = (
+        args.protocol,
+        &written,
+        &args.mqtt_login.mqtt_reload_pid_file,
+    ) {
+        // The reload is asynchronous; connecting before it would be refused.
+        mqtt::wait_login_accepted(&args.mqtt, id, token, Duration::from_secs(10)).await?;
+    }
 
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone());
@@ -172,10 +180,7 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
         Protocol::Grpc => Some(grpc::channel(&args.grpc_url, timeout)?),
         _ => None,
     };
-    let mqtt = match args.protocol {
-        Protocol::Mqtt => Some(mqtt::Mqtt::start(&args.mqtt, stats.clone())?),
-        _ => None,
-    };
+    let mut mqtt_fleet = mqtt::MqttFleet::default();
 
     let started = Instant::now();
     let done = CancellationToken::new();
@@ -223,11 +228,18 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 stats.clone(),
                 shutdown.clone(),
             )?)),
-            Protocol::Mqtt => TelemetrySender::Mqtt(mqtt::MqttTelemetry::new(
-                mqtt.as_ref().context("no MQTT client")?.client.clone(),
-                v.id.clone(),
-                shutdown.clone(),
-            )),
+            Protocol::Mqtt => {
+                let conn = mqtt::Mqtt::start(
+                    &args.mqtt,
+                    &v.id,
+                    token.as_deref().context("missing token")?,
+                    stats.clone(),
+                )?;
+                let sender =
+                    mqtt::MqttTelemetry::new(conn.client.clone(), v.id.clone(), shutdown.clone());
+                mqtt_fleet.vehicles.push(conn);
+                TelemetrySender::Mqtt(sender)
+            }
         };
         let track = Track::new(v.kind, args.center, v.seed);
         tasks.spawn(telemetry_task(
@@ -268,9 +280,7 @@ pub async fn run(g: &Global, args: SimulateArgs) -> anyhow::Result<ExitCode> {
             std::panic::resume_unwind(e.into_panic());
         }
     }
-    if let Some(m) = mqtt {
-        m.finish(&stats, Duration::from_secs(5)).await;
-    }
+    mqtt_fleet.finish(&stats, Duration::from_secs(5)).await;
     done.cancel();
     let _ = progress.await;
     Ok(summary(

@@ -1,5 +1,7 @@
 //! MQTT delivery: one JSON telemetry object per message on
-//! `fleet/<id>/telemetry`, QoS 1, over one connection for the whole fleet.
+//! `fleet/<id>/telemetry`, QoS 1, each vehicle over its own connection
+//! logged in as itself (username = vehicle id, password = its token), as
+//! the broker's ACL lets a vehicle publish only under its own id.
 //! A point counts as acknowledged when the MQTT broker's PUBACK arrives (the
 //! ingest bridge takes it from there).
 
@@ -7,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +17,7 @@ use super::http::{Delivery, Outcome, error_chain};
 use super::point::Point;
 use super::stats::{ErrorKind, Stats};
 
+/// One vehicle's connection.
 pub struct Mqtt {
     pub client: AsyncClient,
     task: JoinHandle<()>,
@@ -32,21 +35,86 @@ pub fn parse_addr(addr: &str) -> anyhow::Result<(String, u16)> {
 }
 
 impl Mqtt {
-    /// Connects (in the background, retrying) and counts PUBACKs as acknowledged points.
-    pub fn start(addr: &str, stats: Arc<Stats>) -> anyhow::Result<Self> {
+    /// Connects as `vehicle` (in the background, retrying) and counts
+    /// PUBACKs as acknowledged points.
+    pub fn start(
+        addr: &str,
+        vehicle: &str,
+        token: &str,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Self> {
         let (host, port) = parse_addr(addr)?;
-        let id = format!("fleetctl-sim-{:08x}", rand::random::<u32>());
-        let mut opts = MqttOptions::new(id, host, port);
-        opts.set_keep_alive(Duration::from_secs(30))
-            .set_inflight(500)
+        let mut opts = MqttOptions::new(vehicle, host, port);
+        opts.set_credentials(vehicle, token)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_inflight(100)
             .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, eventloop) = AsyncClient::new(opts, 10_000);
+        let (client, eventloop) = AsyncClient::new(opts, 1_000);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(drive(eventloop, stats, stop.clone(), addr.to_string()));
+        let task = tokio::spawn(drive(
+            eventloop,
+            stats,
+            stop.clone(),
+            addr.to_string(),
+            vehicle.to_string(),
+        ));
         Ok(Self { client, task, stop })
     }
 
-    /// Waits (bounded) for outstanding PUBACKs, then disconnects.
+    async fn disconnect(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stop.cancelled()).await;
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Waits until the broker accepts `vehicle`'s login, e.g. after a reload.
+pub async fn wait_login_accepted(
+    addr: &str,
+    vehicle: &str,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let (host, port) = parse_addr(addr)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut opts = MqttOptions::new(vehicle, host.clone(), port);
+        opts.set_credentials(vehicle, token);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1);
+        let r = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        let _ = client.try_disconnect();
+        match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(ConnectionError::ConnectionRefused(_))) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => anyhow::bail!(
+                "MQTT broker {addr} does not accept {vehicle}'s new login: {}",
+                error_chain(&e)
+            ),
+            Err(_) => anyhow::bail!("MQTT broker {addr} did not answer within 2 s"),
+        }
+    }
+}
+
+/// Every vehicle's connection.
+#[derive(Default)]
+pub struct MqttFleet {
+    pub vehicles: Vec<Mqtt>,
+}
+
+impl MqttFleet {
+    /// Waits (bounded) for outstanding PUBACKs, then disconnects everyone.
     pub async fn finish(self, stats: &Stats, grace: Duration) {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -56,14 +124,21 @@ impl Mqtt {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stop.cancelled()).await;
-        self.stop.cancel();
-        let _ = self.task.await;
+        let mut set = tokio::task::JoinSet::new();
+        for v in self.vehicles {
+            set.spawn(v.disconnect());
+        }
+        while set.join_next().await.is_some() {}
     }
 }
 
-async fn drive(mut eventloop: EventLoop, stats: Arc<Stats>, stop: CancellationToken, addr: String) {
+async fn drive(
+    mut eventloop: EventLoop,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    addr: String,
+    vehicle: String,
+) {
     loop {
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -79,8 +154,12 @@ async fn drive(mut eventloop: EventLoop, stats: Arc<Stats>, stop: CancellationTo
             }
             Ok(_) => {}
             Err(e) => {
-                stats.error(ErrorKind::Connection, || {
-                    format!("MQTT broker {addr}: {}", error_chain(&e))
+                stats.error(ErrorKind::Connection, || match &e {
+                    ConnectionError::ConnectionRefused(code) => format!(
+                        "MQTT broker {addr} refused {vehicle}'s login ({code:?}): does Mosquitto's password file have it? \
+                         --register with --mqtt-password-file writes it"
+                    ),
+                    _ => format!("MQTT broker {addr}: {}", error_chain(&e)),
                 });
                 // The next poll reconnects and resends unacknowledged publishes.
                 tokio::select! {

@@ -103,6 +103,32 @@ pub async fn register(
     Ok(file.vehicles)
 }
 
+/// Gives every vehicle its MQTT login (its token) in the password file, if
+/// one is configured, and reloads Mosquitto when anything changed. Returns
+/// one login it wrote, to tell when the reload took effect.
+pub fn write_mqtt_logins(
+    args: &crate::mqtt::MqttLoginArgs,
+    tokens: &BTreeMap<String, String>,
+) -> anyhow::Result<Option<(String, String)>> {
+    let Some(path) = &args.mqtt_password_file else {
+        return Ok(None);
+    };
+    let mut file = crate::mqtt::PasswordFile::load(path)?;
+    let mut written = None;
+    let mut n = 0;
+    for (id, token) in tokens {
+        if file.ensure(id, token)? {
+            n += 1;
+            written.get_or_insert_with(|| (id.clone(), token.clone()));
+        }
+    }
+    if n > 0 {
+        eprintln!("mqtt logins: {n} written to {}", path.display());
+    }
+    crate::mqtt::save_and_reload(&mut file, args.mqtt_reload_pid_file.as_deref())?;
+    Ok(written)
+}
+
 /// Tokens from the file; every vehicle must have one.
 pub fn load_all(path: &Path, ids: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let file = TokenFile::load(path)?;

@@ -17,7 +17,9 @@ pub async fn fleetctl(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(fleetwatch_testkit::binary("fleetctl"));
     cmd.args(args)
         .env_remove("FLEETWATCH_DATABASE_URL")
-        .env_remove("FLEETWATCH_KAFKA_BOOTSTRAP");
+        .env_remove("FLEETWATCH_KAFKA_BOOTSTRAP")
+        .env_remove("FLEETWATCH_MQTT_PASSWORD_FILE")
+        .env_remove("FLEETWATCH_MQTT_PID_FILE");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use fleetwatch_common::Shutdown;
 use fleetwatch_ingest::{Config, Running};
 use fleetwatch_kafka::TopicNames;
+use fleetwatch_testkit::mqtt::{BRIDGE_USER, Mosquitto};
 use fleetwatch_testkit::{ReadRecord, TestDb};
 
 pub const VEHICLE: &str = "drone-01";
@@ -21,8 +22,11 @@ pub struct Harness {
     pub shutdown: Shutdown,
     pub config: Config,
     pub http: reqwest::Client,
-    /// Unique per test: MQTT filters are `<suffix>/fleet/+/telemetry` and so on.
+    /// Unique per test.
     pub suffix: String,
+    /// The test's own Mosquitto (shipped config), started when the tweak
+    /// enables the bridge; [`VEHICLE`] logs in there with its token.
+    pub mqtt: Option<Mosquitto>,
 }
 
 pub fn base_config(db: &TestDb, bootstrap: &str, topics: &TopicNames, suffix: &str) -> Config {
@@ -35,16 +39,10 @@ pub fn base_config(db: &TestDb, bootstrap: &str, topics: &TopicNames, suffix: &s
     c.http.listen = "127.0.0.1:0".parse().unwrap();
     c.grpc.listen = "127.0.0.1:0".parse().unwrap();
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    // A test enabling the bridge gets a Mosquitto of its own (see
+    // Harness::start_on), so the default topic filters and the shipped ACL apply.
     c.mqtt.enabled = false;
-    let (host, port) = fleetwatch_testkit::mqtt_addr();
-    c.mqtt.host = host;
-    c.mqtt.port = port;
     c.mqtt.client_id = format!("ingest-{suffix}");
-    c.mqtt.telemetry_filters = vec![format!("{suffix}/fleet/+/telemetry")];
-    c.mqtt.detection_filters = vec![
-        format!("{suffix}/fleet/+/detections"),
-        format!("{suffix}/drone/+/detections"),
-    ];
     // Nothing listens there: /api/latest must answer 503.
     c.persistence.grpc_url = format!("http://127.0.0.1:{}", fleetwatch_testkit::free_port());
     c.persistence.timeout_ms = 1_000;
@@ -70,6 +68,20 @@ impl Harness {
             .unwrap();
         let mut config = base_config(&db, &bootstrap, &topics, &suffix);
         tweak(&mut config);
+        let mqtt = if config.mqtt.enabled {
+            let m = Mosquitto::start().await;
+            config.mqtt.host = m.host();
+            config.mqtt.port = m.port();
+            // A tweak that set a login (e.g. a wrong one) keeps it.
+            if config.mqtt.username.is_empty() {
+                config.mqtt.username = BRIDGE_USER.into();
+                config.mqtt.password = m.bridge_password().into();
+            }
+            m.add_user(VEHICLE, &token).await;
+            Some(m)
+        } else {
+            None
+        };
         let shutdown = Shutdown::new();
         let running = fleetwatch_ingest::start(config.clone(), shutdown.clone())
             .await
@@ -84,7 +96,29 @@ impl Harness {
             config,
             http: reqwest::Client::new(),
             suffix,
+            mqtt,
         }
+    }
+
+    /// The test's Mosquitto (the tweak must have enabled the bridge).
+    pub fn broker(&self) -> &Mosquitto {
+        self.mqtt.as_ref().expect("mqtt bridge enabled")
+    }
+
+    /// [`VEHICLE`], logged in with its own token.
+    pub async fn vehicle(&self) -> MqttPublisher {
+        MqttPublisher::connect(self.broker(), VEHICLE, &self.token).await
+    }
+
+    /// Registers another vehicle in the database and the broker; returns its token.
+    pub async fn add_vehicle(&self, id: &str) -> String {
+        let token = fleetwatch_db::add_vehicle(&self.db.pool, id, "drone", None)
+            .await
+            .unwrap();
+        if let Some(m) = &self.mqtt {
+            m.add_user(id, &token).await;
+        }
+        token
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -217,30 +251,69 @@ impl Harness {
     }
 }
 
-/// An MQTT publisher for tests; its event loop runs in the background.
+/// A vehicle's MQTT connection for tests; its event loop runs in the
+/// background and records what the broker answered.
 pub struct MqttPublisher {
     pub client: rumqttc::AsyncClient,
+    /// Publishes the broker delivered to this client: (topic, payload).
+    pub received: tokio::sync::watch::Receiver<Vec<(String, Vec<u8>)>>,
+    subacks: tokio::sync::watch::Receiver<usize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl MqttPublisher {
-    pub async fn connect() -> Self {
-        let (host, port) = fleetwatch_testkit::mqtt_addr();
-        let mut o = rumqttc::MqttOptions::new(
-            format!("pub-{}", fleetwatch_testkit::unique_suffix()),
-            host,
-            port,
-        );
-        o.set_max_packet_size(8 << 20, 8 << 20);
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 100);
+    /// Connects as `user` (a vehicle id) with `password` (its token).
+    pub async fn connect(broker: &Mosquitto, user: &str, password: &str) -> Self {
+        let (client, mut eventloop) =
+            rumqttc::AsyncClient::new(broker.options(user, password), 100);
+        let (tx, received) = tokio::sync::watch::channel(Vec::new());
+        let (suback_tx, subacks) = tokio::sync::watch::channel(0usize);
         let task = tokio::spawn(async move {
             loop {
-                if eventloop.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        tx.send_modify(|v| v.push((p.topic.clone(), p.payload.to_vec())));
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        suback_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(_) => {}
+                    // rumqttc reconnects on the next poll; keep it from spinning.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
-        Self { client, task }
+        Self {
+            client,
+            received,
+            subacks,
+            task,
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK. Mosquitto grants any filter and
+    /// applies the ACL to each message it delivers.
+    pub async fn subscribe(&self, filter: &str) {
+        let mut rx = self.subacks.clone();
+        let before = *rx.borrow_and_update();
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        tokio::time::timeout(READ_TIMEOUT, rx.wait_for(|n| *n > before))
+            .await
+            .expect("suback")
+            .unwrap();
+    }
+
+    /// Waits until `n` publishes arrived and returns them all.
+    pub async fn wait_received(&self, n: usize) -> Vec<(String, Vec<u8>)> {
+        let mut rx = self.received.clone();
+        tokio::time::timeout(READ_TIMEOUT, rx.wait_for(|v| v.len() >= n))
+            .await
+            .expect("mqtt publishes")
+            .unwrap()
+            .clone()
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
@@ -255,23 +328,4 @@ impl Drop for MqttPublisher {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Drops the persistent MQTT session a test's ingest left on the broker.
-pub async fn forget_mqtt_session(client_id: &str) {
-    let (host, port) = fleetwatch_testkit::mqtt_addr();
-    let mut o = rumqttc::MqttOptions::new(client_id, host, port);
-    o.set_clean_session(true);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(ev) = eventloop.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)) = ev {
-                let _ = client.disconnect().await;
-            }
-            if let rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
-                break;
-            }
-        }
-    })
-    .await;
 }
