@@ -23,7 +23,8 @@ struct Up {
 
 impl Up {
     fn start(state: &Path, ports: &Ports, round: u32) -> Self {
-        let output = state.join(format!("up-{round}.out"));
+        // Beside the state directory, which scripts/up creates itself.
+        let output = state.with_file_name(format!("up-{round}.out"));
         let out = std::fs::File::create(&output).unwrap();
         let child = Command::new("bash")
             .arg(tk::workspace_root().join("scripts/up"))
@@ -141,7 +142,11 @@ fn curl(args: &[&str]) -> (String, String) {
     (body.to_string(), code.to_string())
 }
 
+// Ignored in the main run: it needs scripts/up's default service ports, and
+// 50051-50054 lie in the ephemeral range other tests' sockets draw from.
+// scripts/test runs it alone afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the default service ports; scripts/test runs it alone"]
 async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
     for port in SERVICE_PORTS {
         assert!(!port_open(*port), "port {port} is taken; scripts/up needs it");
