@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Shared functions for scripts/up and scripts/test. Source it; do not run it.
+# Shared functions for scripts/up, scripts/test and loadtest/run.sh. Source
+# it; do not run it. Nothing is assumed running or installed beyond bash,
+# curl and a package manager: each ensure_* installs (Debian packages when
+# root, else a message naming the package) and starts what is missing,
+# project-local under .fleetwatch/.
 #
-#   ensure_nisshi            install the nisshi Kafka-API broker if missing
-#   ensure_postgres          start the local PostgreSQL cluster if 5432 is down
-#   ensure_mosquitto         start Mosquitto if 1883 is down
-#   start_broker PORT STORAGE LOG   start nisshi; sets STARTED_PID
-#   port_open PORT [HOST]    true if something accepts connections there
-#   wait_port PORT [SECS] [HOST]    wait until it does
-#   wait_http URL [SECS]     wait until URL answers 2xx
-#   ensure_inference_venv ROOT   Python venv with onnxruntime; exports ORT_DYLIB_PATH
-
-NISSHI_VERSION="${NISSHI_VERSION:-0.7.0-pre.2}"
+#   ensure_packages CMD:PKG...     apt-get install the packages of missing commands
+#   ensure_kafka ROOT              the Apache Kafka jars in ROOT/.fleetwatch/kafka/libs
+#   start_kafka DIR PORT LOG       a single-node KRaft broker; sets STARTED_PID
+#   ensure_postgres STATE [PORT]   a PostgreSQL answering on 127.0.0.1:PORT (5432)
+#   ensure_mosquitto STATE [PORT]  Mosquitto with per-vehicle credentials on PORT (1883)
+#   stop_started                   stops what the ensure_*/start_* functions started
+#   port_open PORT [HOST]          true if something accepts connections there
+#   wait_port PORT [SECS] [HOST]   wait until it does
+#   wait_http URL [SECS]           wait until URL answers 2xx
+#   ensure_inference_venv ROOT     Python venv with onnxruntime; exports ORT_DYLIB_PATH
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -45,97 +49,242 @@ wait_http() {
     die "$url did not answer 2xx within ${secs}s"
 }
 
-nisshi_path() {
-    if command -v nisshi >/dev/null 2>&1; then
-        command -v nisshi
-    elif [[ -x "$HOME/.cargo/bin/nisshi" ]]; then
-        printf '%s\n' "$HOME/.cargo/bin/nisshi"
-    else
-        return 1
+# ensure_packages CMD:PKG ...: installs the Debian package of every missing
+# command (or absolute path) as root, or names them and stops.
+ensure_packages() {
+    local want=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || want+=("${pair#*:}")
+    done
+    [[ ${#want[@]} -gt 0 ]] || return 0
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        die "missing: ${want[*]}; install them (sudo apt-get install ${want[*]}) and run again"
+    fi
+    log "installing ${want[*]} (apt-get)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null; then
+        apt-get update -q >/dev/null || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null \
+            || die "apt-get install ${want[*]} failed"
     fi
 }
 
-ensure_nisshi() {
-    if nisshi_path >/dev/null; then
-        return 0
-    fi
-    log "installing the nisshi broker $NISSHI_VERSION (cargo install; this takes about 10 minutes, once)"
-    cargo install --locked "nisshi@$NISSHI_VERSION" --features dynostore,postgres,libsql \
-        || die "installing nisshi failed; see the cargo output above"
-}
+# Processes the functions below started, stopped in reverse by stop_started.
+STARTED_STACK=()
 
-ensure_postgres() {
-    if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-        return 0
-    fi
-    local version
-    # shellcheck disable=SC2012  # version directories are plain numbers
-    version="$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1)"
-    [[ -n "$version" ]] || die "PostgreSQL is not running on 127.0.0.1:5432 and no local cluster was found in /etc/postgresql; start one, or point FLEETWATCH_DATABASE_URL at yours"
-    log "starting PostgreSQL $version"
-    pg_ctlcluster --skip-systemctl-redirect "$version" main start \
-        || die "could not start PostgreSQL $version (pg_ctlcluster $version main start)"
-    local i
-    for ((i = 0; i < 100; i++)); do
-        if pg_isready -q -h 127.0.0.1 -p 5432; then
-            return 0
-        fi
+# stop_pid NAME PID SECS: SIGTERM, wait up to SECS, then SIGKILL.
+stop_pid() {
+    local name="$1" pid="$2" secs="$3" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    die "PostgreSQL did not become ready on 127.0.0.1:5432"
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name did not stop within ${secs}s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
 }
 
-ensure_mosquitto() {
-    if port_open 1883; then
-        return 0
-    fi
-    command -v mosquitto >/dev/null 2>&1 || die "Mosquitto is not running on 1883 and not installed (apt-get install mosquitto)"
-    log "starting Mosquitto"
-    mosquitto -d -c /etc/mosquitto/mosquitto.conf || die "could not start Mosquitto"
-    wait_port 1883 10
+# stop_started: every entry is "name secs command...", run newest first.
+stop_started() {
+    local i entry
+    for ((i = ${#STARTED_STACK[@]} - 1; i >= 0; i--)); do
+        entry="${STARTED_STACK[$i]}"
+        eval "$entry" || true
+    done
+    STARTED_STACK=()
 }
 
-# start_broker PORT STORAGE_URL LOGFILE: starts nisshi in the background,
-# waits until it accepts connections, and sets STARTED_PID.
-start_broker() {
-    local port="$1" storage="$2" logfile="$3" bin
-    bin="$(nisshi_path)" || die "nisshi is not installed; run ensure_nisshi first"
-    mkdir -p "$(dirname "$logfile")"
-    # Run from a directory without a .env file: nisshi reads one, and a
-    # stray STORAGE_ENGINE there would override --storage-engine. nisshi
-    # resolves a sqlite path against its working directory (even an absolute
-    # one), so for sqlite it runs in the database's directory with a bare name.
-    local workdir
-    if [[ "$storage" == sqlite://* ]]; then
-        local db="${storage#sqlite://}"
-        workdir="$(dirname "$db")"
-        mkdir -p "$workdir"
-        storage="sqlite://$(basename "$db")"
-        [[ ! -e "$workdir/.env" ]] || die "$workdir/.env exists; nisshi would read it. Move it away."
-    else
-        workdir="$(mktemp -d)"
+# ------------------------------------------------------------------ kafka
+
+KAFKA_POM_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka"
+
+# ensure_kafka ROOT: Java 17+ and Maven, then the broker and tool jars the
+# pom lists, copied once into ROOT/.fleetwatch/kafka/libs (again only when
+# the pom changes). Exports KAFKA_LIBS.
+ensure_kafka() {
+    local root="$1" libs="$1/.fleetwatch/kafka/libs" stamp want
+    ensure_packages java:openjdk-17-jre-headless mvn:maven
+    stamp="$libs/.pom.sha256"
+    want="$(sha256sum "$KAFKA_POM_DIR/pom.xml" | cut -d' ' -f1)"
+    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+        log "fetching Apache Kafka from Maven Central into $libs (once)"
+        rm -rf "$libs"
+        mkdir -p "$libs"
+        mvn -B -q -Dstyle.color=never -f "$KAFKA_POM_DIR/pom.xml" dependency:copy-dependencies \
+            -DoutputDirectory="$libs" \
+            || die "mvn could not fetch the Kafka jars (scripts/kafka/pom.xml); is Maven Central reachable?"
+        printf '%s\n' "$want" >"$stamp"
     fi
-    (
-        cd "$workdir" || exit 1
-        # setsid: its own process group, so a terminal's Ctrl-C stops the
-        # caller first, which stops the broker last, after the services.
-        exec setsid env -u STORAGE_ENGINE "$bin" broker \
-            --listener-url "tcp://127.0.0.1:$port" \
-            --advertised-listener-url "tcp://127.0.0.1:$port" \
-            --storage-engine "$storage"
-    ) >>"$logfile" 2>&1 &
+    export KAFKA_LIBS="$libs"
+}
+
+# kafka_tool CLASS ARGS...: one of Kafka's own CLI tools, e.g.
+#   kafka_tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server 127.0.0.1:9092 --list
+kafka_tool() {
+    java -Xmx256m -Dlog4j2.configurationFile="$KAFKA_POM_DIR/tools-log4j2.yaml" -cp "$KAFKA_LIBS/*" "$@"
+}
+
+# start_kafka DIR PORT LOGFILE [key=value ...]: a single-node KRaft broker
+# (controller on PORT+1) with its log in DIR, kept across restarts; waits
+# until it serves and sets STARTED_PID.
+start_kafka() {
+    local dir="$1" port="$2" logfile="$3" i
+    shift 3
+    mkdir -p "$dir" "$(dirname "$logfile")"
+    # setsid: its own process group, so a terminal's Ctrl-C reaches the
+    # caller first, which stops the broker last, after the services.
+    setsid "$KAFKA_POM_DIR/node.sh" "$dir" 1 "$port" "1@127.0.0.1:$((port + 1))" "$@" >>"$logfile" 2>&1 &
     STARTED_PID=$!
-    local i
-    for ((i = 0; i < 300; i++)); do
+    STARTED_STACK+=("stop_pid kafka $STARTED_PID 30")
+    # Kafka opens the client port only once the broker is unfenced and serving.
+    for ((i = 0; i < 900; i++)); do
         if port_open "$port"; then
             return 0
         fi
         if ! kill -0 "$STARTED_PID" 2>/dev/null; then
-            die "the broker exited at start; see $logfile"
+            tail -n 20 "$logfile" >&2 || true
+            die "Kafka exited at start; see $logfile"
         fi
         sleep 0.1
     done
-    die "the broker did not listen on 127.0.0.1:$port within 30s; see $logfile"
+    die "Kafka did not serve on 127.0.0.1:$port within 90s; see $logfile"
+}
+
+# --------------------------------------------------------------- postgres
+
+# postgres_bindir: the newest /usr/lib/postgresql/<version>/bin with initdb.
+postgres_bindir() {
+    local d
+    for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
+        if [[ -x "$d/initdb" ]]; then
+            printf '%s\n' "$d"
+            return 0
+        fi
+    done
+    return 0
+}
+
+# ensure_postgres STATE [PORT]: a PostgreSQL on 127.0.0.1:PORT. One already
+# answering is used as it is; otherwise a cluster of this project's own in
+# STATE/postgres (trust auth for local connections, superuser postgres) is
+# created once and started; stop_started stops it.
+ensure_postgres() {
+    local state="$1" port="${2:-5432}" data="$1/postgres" bindir logfile as_user=()
+    ensure_packages pg_isready:postgresql-client
+    if pg_isready -q -h 127.0.0.1 -p "$port" 2>/dev/null; then
+        return 0
+    fi
+    # Debian's server binaries live outside PATH, one directory per version.
+    bindir="$(postgres_bindir)"
+    if [[ -z "$bindir" ]]; then
+        ensure_packages /usr/lib/postgresql/server:postgresql
+        bindir="$(postgres_bindir)"
+    fi
+    [[ -n "$bindir" ]] || die "no PostgreSQL server binaries (apt-get install postgresql)"
+    # The server refuses to run as root: as root, it runs as the postgres user.
+    if [[ "$(id -u)" -eq 0 ]]; then
+        id postgres >/dev/null 2>&1 || die "running as root but there is no postgres user (apt-get install postgresql)"
+        as_user=(runuser -u postgres --)
+    fi
+    mkdir -p "$data"
+    [[ ${#as_user[@]} -eq 0 ]] || chown postgres: "$data"
+    chmod 700 "$data"
+    if [[ ! -f "$data/PG_VERSION" ]]; then
+        log "creating a PostgreSQL cluster in $data"
+        "${as_user[@]}" "$bindir/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$state/postgres-initdb.log" 2>&1 \
+            || die "initdb failed; see $state/postgres-initdb.log"
+    fi
+    logfile="$data/server.log"
+    log "starting PostgreSQL on 127.0.0.1:$port ($data)"
+    # Many tests each create a database and pools of their own.
+    "${as_user[@]}" "$bindir/pg_ctl" -D "$data" -l "$logfile" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c max_connections=400 ${FLEETWATCH_PG_OPTIONS:-}" start >/dev/null \
+        || { tail -n 20 "$logfile" >&2; die "PostgreSQL did not start; see $logfile"; }
+    STARTED_STACK+=("log 'stopping PostgreSQL'; ${as_user[*]} $bindir/pg_ctl -D $data -m fast -w stop >/dev/null")
+}
+
+# -------------------------------------------------------------- mosquitto
+
+# ensure_mosquitto STATE [PORT]: Mosquitto on 127.0.0.1:PORT running the
+# shipped config (docker/mosquitto/: no anonymous clients, a password file,
+# the ACL that lets a vehicle publish only under its own id) from
+# STATE/mosquitto, with the ingest bridge's login in the password file.
+# Exports what callers pass on:
+#   FLEETWATCH_MQTT_BRIDGE_USERNAME / _PASSWORD  the bridge's login (ingest's
+#       mqtt.username / mqtt.password); _PASSWORD_FILE holds the same password
+#       (for mqtt.password_file, which keeps it out of the environment)
+#   FLEETWATCH_MQTT_PASSWORD_FILE / FLEETWATCH_MQTT_PID_FILE  where fleetctl
+#       writes vehicles' logins and which Mosquitto it signals to reload them
+# A Mosquitto this STATE started and that still runs is reused with its
+# login; anything else already on PORT is used as it is, and the exports are
+# left to the caller.
+ensure_mosquitto() {
+    local state="$1" port="${2:-1883}" dir="$1/mosquitto" shipped pid i tmp
+    shipped="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/docker/mosquitto"
+    if port_open "$port"; then
+        if [[ -f "$dir/bridge.password" && -f "$dir/mosquitto.pid" ]] \
+            && kill -0 "$(cat "$dir/mosquitto.pid")" 2>/dev/null; then
+            export FLEETWATCH_MQTT_BRIDGE_USERNAME=fleetwatch-ingest
+            FLEETWATCH_MQTT_BRIDGE_PASSWORD="$(cat "$dir/bridge.password")"
+            export FLEETWATCH_MQTT_BRIDGE_PASSWORD FLEETWATCH_MQTT_BRIDGE_PASSWORD_FILE="$dir/bridge.password"
+            export FLEETWATCH_MQTT_PASSWORD_FILE="$dir/passwd" FLEETWATCH_MQTT_PID_FILE="$dir/mosquitto.pid"
+        else
+            log "an MQTT broker not started from $dir answers on 127.0.0.1:$port; using it as it is (the bridge's login: FLEETWATCH_MQTT_BRIDGE_USERNAME/PASSWORD)"
+        fi
+        return 0
+    fi
+    ensure_packages mosquitto:mosquitto mosquitto_passwd:mosquitto
+    mkdir -p "$dir"
+    # The bridge's password: made once, kept with the state.
+    if [[ ! -s "$dir/bridge.password" ]]; then
+        (umask 077 && printf 'fwb-%s\n' "$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')" >"$dir/bridge.password")
+    fi
+    # Its password file line, hashed by mosquitto_passwd -U (the password
+    # never appears on a command line); vehicles' lines are kept.
+    tmp="$(umask 077 && mktemp "$dir/.passwd.XXXXXX")"
+    printf 'fleetwatch-ingest:%s\n' "$(cat "$dir/bridge.password")" >"$tmp"
+    mosquitto_passwd -U "$tmp" || die "mosquitto_passwd could not hash the bridge's password"
+    if [[ -f "$dir/passwd" ]]; then
+        grep -v '^fleetwatch-ingest:' "$dir/passwd" >>"$tmp" || true
+    fi
+    mv "$tmp" "$dir/passwd"
+    cp "$shipped/acl" "$dir/acl"
+    # The shipped config with this machine's paths and port, replaced in
+    # place (options after `listener` belong to that listener).
+    {
+        printf '# Written by scripts/lib.sh (ensure_mosquitto) at every start from %s.\n' "$shipped/mosquitto.conf"
+        awk -v port="$port" -v dir="$dir" '
+            $1 == "listener" { print "listener " port " 127.0.0.1"; next }
+            $1 == "persistence_location" { print "persistence_location " dir "/"; next }
+            $1 == "password_file" { print "password_file " dir "/passwd"; next }
+            $1 == "acl_file" { print "acl_file " dir "/acl"; next }
+            { print }' "$shipped/mosquitto.conf"
+        printf 'pid_file %s\nlog_dest stdout\n' "$dir/mosquitto.pid"
+    } >"$dir/mosquitto.conf"
+    rm -f "$dir/mosquitto.pid"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        # Mosquitto started as root drops to the mosquitto user.
+        chown -R mosquitto: "$dir" 2>/dev/null || true
+    fi
+    log "starting Mosquitto on 127.0.0.1:$port ($dir; logins in $dir/passwd)"
+    setsid mosquitto -c "$dir/mosquitto.conf" >>"$dir/mosquitto.log" 2>&1 &
+    pid=$!
+    STARTED_STACK+=("stop_pid mosquitto $pid 10")
+    export FLEETWATCH_MQTT_BRIDGE_USERNAME=fleetwatch-ingest
+    FLEETWATCH_MQTT_BRIDGE_PASSWORD="$(cat "$dir/bridge.password")"
+    export FLEETWATCH_MQTT_BRIDGE_PASSWORD FLEETWATCH_MQTT_BRIDGE_PASSWORD_FILE="$dir/bridge.password"
+    export FLEETWATCH_MQTT_PASSWORD_FILE="$dir/passwd" FLEETWATCH_MQTT_PID_FILE="$dir/mosquitto.pid"
+    # Listening alone is not enough: fleetctl signals the pid in the pid file.
+    for ((i = 0; i < 100; i++)); do
+        port_open "$port" && [[ -s "$dir/mosquitto.pid" ]] && return 0
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$dir/mosquitto.log" >&2; die "Mosquitto exited at start; see $dir/mosquitto.log"; }
+        sleep 0.1
+    done
+    die "Mosquitto did not listen on 127.0.0.1:$port within 10s; see $dir/mosquitto.log"
 }
 
 # ensure_inference_venv ROOT: the Python venv the inference service needs at

@@ -42,12 +42,11 @@ fn lats(recs: &[fleetwatch_testkit::ReadRecord]) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_gets_503_with_retry_after_and_loses_nothing() {
-    let mut broker = OwnedBroker::start_durable().await;
+    let mut broker = OwnedBroker::start().await;
     let h = Harness::start_on(broker.bootstrap(), |c| {
+        // Idempotence stays on (the default): after the timed-out records
+        // librdkafka bumps the producer epoch, and sends must work again.
         c.kafka.producer.delivery_timeout_ms = 2_000;
-        // Idempotence stays on (the default): nisshi 0.7.0-pre.2 refuses the
-        // epoch bump librdkafka makes after a delivery timeout, and the
-        // producer must heal itself by replacing its client.
     })
     .await;
     let resp = h
@@ -101,7 +100,7 @@ async fn http_gets_503_with_retry_after_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_messages_wait_for_kafka_and_survive_an_ingest_restart() {
-    let mut broker = OwnedBroker::start_durable().await;
+    let mut broker = OwnedBroker::start().await;
     let h = Harness::start_on(broker.bootstrap(), |c| {
         c.mqtt.enabled = true;
         c.kafka.producer.delivery_timeout_ms = 2_000;
