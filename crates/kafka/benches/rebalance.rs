@@ -50,8 +50,15 @@ struct Member {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start_member(config: &KafkaConfig, topic: &str, member: usize, log: &Arc<Log>, dlq: &Producer) -> Member {
-    let consumer = Consumer::new(config, &format!("bench-{member}"), &[topic], dlq.clone()).unwrap();
+fn start_member(
+    config: &KafkaConfig,
+    topic: &str,
+    member: usize,
+    log: &Arc<Log>,
+    dlq: &Producer,
+) -> Member {
+    let consumer =
+        Consumer::new(config, &format!("bench-{member}"), &[topic], dlq.clone()).unwrap();
     let shutdown = Shutdown::new();
     let handler = Handler {
         member,
@@ -62,7 +69,11 @@ fn start_member(config: &KafkaConfig, topic: &str, member: usize, log: &Arc<Log>
 }
 
 /// Waits until `pred` holds for the log, returning the time it first did.
-async fn until(log: &Log, timeout: Duration, pred: impl Fn(&[(usize, i32, Instant)]) -> Option<Instant>) -> Option<Instant> {
+async fn until(
+    log: &Log,
+    timeout: Duration,
+    pred: impl Fn(&[(usize, i32, Instant)]) -> Option<Instant>,
+) -> Option<Instant> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Some(t) = pred(&log.0.lock().unwrap()) {
@@ -75,11 +86,22 @@ async fn until(log: &Log, timeout: Duration, pred: impl Fn(&[(usize, i32, Instan
 
 /// Longest gap between consecutive deliveries in [from, to].
 fn longest_pause(log: &Log, from: Instant, to: Instant) -> Duration {
-    let mut times: Vec<Instant> = log.0.lock().unwrap().iter().map(|e| e.2).filter(|t| *t >= from && *t <= to).collect();
+    let mut times: Vec<Instant> = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.2)
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
     times.sort();
     times.insert(0, from);
     times.push(to);
-    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -92,7 +114,12 @@ async fn run(bootstrap: &str, protocol: &str, rate: u64) -> [f64; 5] {
     config.consumer.group_protocol = protocol.into();
     config.consumer.batch_max_wait_ms = 1;
     config.producer.linger_ms = 1;
-    ensure_topics(&config, &[TopicSpec::single_replica(topic.clone(), PARTITIONS)]).await.unwrap();
+    ensure_topics(
+        &config,
+        &[TopicSpec::single_replica(topic.clone(), PARTITIONS)],
+    )
+    .await
+    .unwrap();
     let producer = Producer::new(&config, "bench-producer").unwrap();
     let stop = Shutdown::new();
     let sender = {
@@ -120,13 +147,19 @@ async fn run(bootstrap: &str, protocol: &str, rate: u64) -> [f64; 5] {
     let log = Arc::new(Log::default());
     let t0 = Instant::now();
     let a = start_member(&config, &topic, 0, &log, &producer);
-    let joined = until(&log, Duration::from_secs(60), |l| l.first().map(|e| e.2)).await.unwrap();
+    let joined = until(&log, Duration::from_secs(60), |l| l.first().map(|e| e.2))
+        .await
+        .unwrap();
     // Let the group settle before changing it.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let t1 = Instant::now();
     let b = start_member(&config, &topic, 1, &log, &producer);
-    let b_first = until(&log, Duration::from_secs(60), |l| l.iter().find(|e| e.0 == 1 && e.2 >= t1).map(|e| e.2)).await.unwrap();
+    let b_first = until(&log, Duration::from_secs(60), |l| {
+        l.iter().find(|e| e.0 == 1 && e.2 >= t1).map(|e| e.2)
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let out_pause = longest_pause(&log, t1, Instant::now());
 
@@ -177,7 +210,12 @@ async fn main() {
             let r = run(&broker.bootstrap, protocol, rate).await;
             println!(
                 "{protocol:<9} {:>10.0} {:>16.0} {:>15.0} {:>19.0} {:>14.0}   round {}",
-                r[0], r[1], r[2], r[3], r[4], round + 1
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                round + 1
             );
         }
     }

@@ -58,7 +58,10 @@ impl Up {
                 return Instant::now();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("scripts/up exited with {status} before it was ready:\n{}", self.output());
+                panic!(
+                    "scripts/up exited with {status} before it was ready:\n{}",
+                    self.output()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -81,7 +84,10 @@ impl Up {
             }
             if start.elapsed() > timeout {
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                panic!("scripts/up did not stop within {timeout:?} of Ctrl-C:\n{}", self.output());
+                panic!(
+                    "scripts/up did not stop within {timeout:?} of Ctrl-C:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -114,7 +120,10 @@ fn leftover_processes(state: &Path) -> Vec<String> {
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains(&state) {
-            out.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+            out.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
         }
     }
     out
@@ -136,7 +145,11 @@ fn fleetctl(db_url: &str, args: &[&str]) -> String {
 }
 
 fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"]).args(args).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
     (body.to_string(), code.to_string())
@@ -149,7 +162,10 @@ fn curl(args: &[&str]) -> (String, String) {
 #[ignore = "needs the default service ports; scripts/test runs it alone"]
 async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
     for port in SERVICE_PORTS {
-        assert!(!port_open(*port), "port {port} is taken; scripts/up needs it");
+        assert!(
+            !port_open(*port),
+            "port {port} is taken; scripts/up needs it"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     // PostgreSQL and Mosquitto drop root for their own users; they must be
@@ -174,7 +190,8 @@ async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
             token = out.lines().last().unwrap().trim().to_string();
         }
         let lat = 10.0 + f64::from(round);
-        let body = format!(r#"{{"drone_id":"curl-01","lat":{lat},"lon":20.5,"alt":30,"battery":88}}"#);
+        let body =
+            format!(r#"{{"drone_id":"curl-01","lat":{lat},"lon":20.5,"alt":30,"battery":88}}"#);
         let (resp, code) = curl(&[
             "-X",
             "POST",
@@ -186,29 +203,71 @@ async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
             &body,
             "http://127.0.0.1:8080/api/data",
         ]);
-        assert!(code.starts_with('2'), "POST /api/data answered {code}: {resp}");
+        assert!(
+            code.starts_with('2'),
+            "POST /api/data answered {code}: {resp}"
+        );
         let auth = format!("Authorization: Bearer {token}");
-        let latest = tk::wait_for("GET /api/latest to return the curl point", Duration::from_secs(60), || {
-            let auth = auth.clone();
-            async move {
-                let (resp, code) = curl(&["-H", &auth, "http://127.0.0.1:8080/api/latest"]);
-                (code == "200" && resp.contains(&format!("{lat}"))).then_some(resp)
-            }
-        })
+        let latest = tk::wait_for(
+            "GET /api/latest to return the curl point",
+            Duration::from_secs(60),
+            || {
+                let auth = auth.clone();
+                async move {
+                    let (resp, code) = curl(&["-H", &auth, "http://127.0.0.1:8080/api/latest"]);
+                    (code == "200" && resp.contains(&format!("{lat}"))).then_some(resp)
+                }
+            },
+        )
         .await;
         eprintln!(
             "round {round}: point returned {:.1} s after ready: {latest}",
             ready.elapsed().as_secs_f64()
         );
-        assert!(ready.elapsed() < Duration::from_secs(60), "the point took more than a minute after ready");
+        assert!(
+            ready.elapsed() < Duration::from_secs(60),
+            "the point took more than a minute after ready"
+        );
+        // The simulated fleet's telemetry is queryable too, with its own token.
+        let tokens: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(state.join("sim-tokens.json")).unwrap())
+                .unwrap();
+        let sim_auth = format!(
+            "Authorization: Bearer {}",
+            tokens["vehicles"]["sim-001"].as_str().unwrap()
+        );
+        tk::wait_for(
+            "the simulated fleet's latest state",
+            Duration::from_secs(60),
+            || {
+                let sim_auth = sim_auth.clone();
+                async move {
+                    let (resp, code) = curl(&["-H", &sim_auth, "http://127.0.0.1:8080/api/latest"]);
+                    (code == "200" && resp.contains("sim-001")).then_some(())
+                }
+            },
+        )
+        .await;
 
         let took = up.ctrl_c(Duration::from_secs(30));
-        eprintln!("round {round}: stopped {:.1} s after Ctrl-C", took.as_secs_f64());
+        eprintln!(
+            "round {round}: stopped {:.1} s after Ctrl-C",
+            took.as_secs_f64()
+        );
         let output = up.output();
         let left = leftover_processes(&state);
-        assert!(left.is_empty(), "processes left after Ctrl-C: {left:#?}\n{output}");
-        for port in SERVICE_PORTS.iter().chain([&ports.kafka, &ports.pg, &ports.mqtt]) {
-            assert!(!port_open(*port), "port {port} still answers after Ctrl-C:\n{output}");
+        assert!(
+            left.is_empty(),
+            "processes left after Ctrl-C: {left:#?}\n{output}"
+        );
+        for port in SERVICE_PORTS
+            .iter()
+            .chain([&ports.kafka, &ports.pg, &ports.mqtt])
+        {
+            assert!(
+                !port_open(*port),
+                "port {port} still answers after Ctrl-C:\n{output}"
+            );
         }
     }
 }
