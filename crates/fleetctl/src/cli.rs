@@ -38,7 +38,8 @@ pub struct Global {
         default_value = "127.0.0.1:9092"
     )]
     pub bootstrap_servers: String,
-    /// Optional TOML file, e.g. `[topics.partitions] "fleet.telemetry.v1" = 12`.
+    /// Optional TOML file: the `[topics]` layout (partitions, replication,
+    /// `min.insync.replicas`, `max.message.bytes`, topic configs).
     #[arg(long, global = true, env = "FLEETCTL_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -125,11 +126,18 @@ pub enum TopicsCommand {
         /// Partitions of topics the config file does not name (default 6).
         #[arg(long)]
         partitions: Option<i32>,
-        /// Replication factor of every topic (default 1).
-        #[arg(long)]
-        replication: Option<i32>,
+        /// Replication factor of every topic (default 3; 1 for a single-node broker).
+        #[arg(
+            long,
+            visible_alias = "replication",
+            env = "FLEETCTL_TOPICS_REPLICATION_FACTOR"
+        )]
+        replication_factor: Option<i32>,
+        /// `min.insync.replicas` of every topic (default 2; 1 for a single-node broker).
+        #[arg(long, env = "FLEETCTL_TOPICS_MIN_INSYNC_REPLICAS")]
+        min_insync_replicas: Option<i32>,
     },
-    /// List the topics on the broker with their partition counts.
+    /// List the topics on the broker with their partition and replica counts.
     List,
 }
 

@@ -1,39 +1,17 @@
 //! The optional `--config` TOML file.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
+use fleetwatch_kafka::config::TopicCreationConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    pub topics: TopicSettings,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TopicSettings {
-    /// Partitions of a v1 topic not named in `partitions`.
-    pub default_partitions: i32,
-    /// Partitions of every `.dlq` topic not named in `partitions`.
-    pub dlq_partitions: i32,
-    /// Replication factor of every topic.
-    pub replication: i32,
-    /// Per-topic partition counts, e.g. `"fleet.telemetry.v1" = 12`.
-    pub partitions: BTreeMap<String, i32>,
-}
-
-impl Default for TopicSettings {
-    fn default() -> Self {
-        Self {
-            default_partitions: 6,
-            dlq_partitions: 1,
-            replication: 1,
-            partitions: BTreeMap::new(),
-        }
-    }
+    /// How `topics create` lays out topics: partitions, replication factor,
+    /// `min.insync.replicas`, `max.message.bytes`, further topic configs.
+    pub topics: TopicCreationConfig,
 }
 
 impl Settings {
@@ -47,26 +25,11 @@ impl Settings {
         Self::parse(&text).with_context(|| format!("config file {} is invalid", path.display()))
     }
 
+    /// Syntax and key names only: the values are checked together with the
+    /// command-line overrides (see `topics::specs`), so a file with
+    /// `replication_factor = 1` plus `--min-insync-replicas 1` is fine.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let s: Self = toml::from_str(text)?;
-        let mut problems = Vec::new();
-        let t = &s.topics;
-        if t.default_partitions < 1 {
-            problems.push("topics.default_partitions must be at least 1".to_string());
-        }
-        if t.dlq_partitions < 1 {
-            problems.push("topics.dlq_partitions must be at least 1".to_string());
-        }
-        if t.replication < 1 {
-            problems.push("topics.replication must be at least 1".to_string());
-        }
-        for (name, n) in &t.partitions {
-            if *n < 1 {
-                problems.push(format!("topics.partitions.{name:?} must be at least 1"));
-            }
-        }
-        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
-        Ok(s)
+        Ok(toml::from_str(text)?)
     }
 }
 
@@ -83,16 +46,24 @@ mod tests {
         assert_eq!(s.topics.default_partitions, 3);
         assert_eq!(s.topics.partitions["fleet.telemetry.v1"], 12);
         assert_eq!(s.topics.dlq_partitions, 1);
+        assert_eq!(s.topics.replication_factor, 3);
+        assert_eq!(s.topics.min_insync_replicas, 2);
+    }
+
+    #[test]
+    fn the_old_replication_key_still_works() {
+        let s = Settings::parse("[topics]\nreplication = 1\nmin_insync_replicas = 1\n").unwrap();
+        assert_eq!(s.topics.replication_factor, 1);
     }
 
     #[test]
     fn rejects_unknown_and_invalid() {
         assert!(Settings::parse("[topics]\nbogus = 1\n").is_err());
-        let e =
-            Settings::parse("[topics]\nreplication = 0\n[topics.partitions]\na = 0\n").unwrap_err();
-        let msg = format!("{e:#}");
+        let s = Settings::parse("[topics]\nreplication_factor = 0\n[topics.partitions]\na = 0\n")
+            .unwrap();
+        let msg = s.topics.validate().join("; ");
         assert!(
-            msg.contains("replication") && msg.contains("\"a\""),
+            msg.contains("replication_factor") && msg.contains("\"a\""),
             "{msg}"
         );
     }

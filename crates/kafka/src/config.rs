@@ -221,6 +221,105 @@ impl KafkaConfig {
     }
 }
 
+/// How topics are created (`fleetctl topics create`, the Helm job, tests):
+/// the `[topics]` section of fleetctl's config. The defaults suit a
+/// production cluster of three or more brokers; a single-node dev broker
+/// needs `replication_factor = 1` and `min_insync_replicas = 1`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicCreationConfig {
+    /// Partitions of a v1 topic not named in `partitions`.
+    pub default_partitions: i32,
+    /// Partitions of every `.dlq` topic not named in `partitions`.
+    pub dlq_partitions: i32,
+    /// Replicas of every partition. 3 survives one broker lost while a
+    /// second is restarted.
+    #[serde(alias = "replication")]
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic: with `acks=all` a write is
+    /// acknowledged only once this many replicas have it, so an acknowledged
+    /// point survives losing `min_insync_replicas - 1` brokers. At most
+    /// `replication_factor`, or no write ever succeeds.
+    pub min_insync_replicas: i32,
+    /// `max.message.bytes` of every topic except frames: at least
+    /// `kafka.producer.max_message_bytes` (4 MiB), because ingest splits
+    /// telemetry into records of up to that size, and a broker's default
+    /// (1 MiB) would refuse the large ones.
+    pub max_message_bytes: u32,
+    /// `max.message.bytes` of the frames topic and its `.dlq`: a frame is up
+    /// to ingest's `limits.max_frame_bytes` (3 MiB) plus metadata, and its
+    /// dead-letter copy carries error headers on top; the headroom lets
+    /// frames grow without altering the topics.
+    pub frames_max_message_bytes: u32,
+    /// Per-topic partition counts, e.g. `"fleet.telemetry.v1" = 12`.
+    pub partitions: BTreeMap<String, i32>,
+    /// Further topic configs per topic, applied last (they win over the keys
+    /// above), e.g. `[topics.configs."fleet.telemetry.v1"] "retention.ms" = "604800000"`.
+    pub configs: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Default for TopicCreationConfig {
+    fn default() -> Self {
+        Self {
+            default_partitions: 6,
+            dlq_partitions: 1,
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            max_message_bytes: 4 * 1024 * 1024 + 64 * 1024,
+            frames_max_message_bytes: 8 * 1024 * 1024,
+            partitions: BTreeMap::new(),
+            configs: BTreeMap::new(),
+        }
+    }
+}
+
+impl TopicCreationConfig {
+    /// For one broker: a single replica, so writes need only that one.
+    pub fn single_node() -> Self {
+        Self {
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Problems to report before any topic is created, all at once.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.default_partitions < 1 {
+            errs.push("topics.default_partitions must be at least 1".into());
+        }
+        if self.dlq_partitions < 1 {
+            errs.push("topics.dlq_partitions must be at least 1".into());
+        }
+        if self.replication_factor < 1 {
+            errs.push("topics.replication_factor must be at least 1".into());
+        }
+        if self.min_insync_replicas < 1 {
+            errs.push("topics.min_insync_replicas must be at least 1".into());
+        } else if self.min_insync_replicas > self.replication_factor.max(1) {
+            errs.push(format!(
+                "topics.min_insync_replicas ({}) exceeds topics.replication_factor ({}): every acks=all write would be refused; lower it (1 for a single-node broker)",
+                self.min_insync_replicas, self.replication_factor
+            ));
+        }
+        for (key, v) in [
+            ("max_message_bytes", self.max_message_bytes),
+            ("frames_max_message_bytes", self.frames_max_message_bytes),
+        ] {
+            if v < 1024 {
+                errs.push(format!("topics.{key} ({v}) must be at least 1024"));
+            }
+        }
+        for (name, n) in &self.partitions {
+            if *n < 1 {
+                errs.push(format!("topics.partitions.{name:?} must be at least 1"));
+            }
+        }
+        errs
+    }
+}
+
 /// Topic names a service uses; tests give each run its own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

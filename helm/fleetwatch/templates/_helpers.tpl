@@ -187,8 +187,20 @@ Context: dict root table prefix.
 {{/* fleetctl's FLEETCTL_CONFIG text. */}}
 {{- define "fleetwatch.fleetctlToml" -}}
 {{- $t := .Values.migration.topics -}}
+{{- if hasKey $t "replication" -}}
+{{- fail "migration.topics.replication is now migration.topics.replicationFactor (with minInsyncReplicas next to it)" -}}
+{{- end -}}
+{{- /* Topic configs are strings to Kafka; numbers in values become their JSON text. */ -}}
+{{- $configs := dict -}}
+{{- range $topic, $kv := ($t.configs | default dict) -}}
+{{- $c := dict -}}
+{{- range $k, $v := $kv -}}
+{{- $_ := set $c $k (ternary $v (toJson $v) (kindIs "string" $v)) -}}
+{{- end -}}
+{{- $_ := set $configs $topic $c -}}
+{{- end -}}
 # fleetctl topic settings, rendered by the Helm chart.
-{{- include "fleetwatch.toml" (dict "root" . "table" (dict "topics" (dict "default_partitions" $t.defaultPartitions "dlq_partitions" $t.dlqPartitions "replication" $t.replication "partitions" ($t.partitions | default dict))) "prefix" "") }}
+{{- include "fleetwatch.toml" (dict "root" . "table" (dict "topics" (dict "default_partitions" $t.defaultPartitions "dlq_partitions" $t.dlqPartitions "replication_factor" $t.replicationFactor "min_insync_replicas" $t.minInsyncReplicas "max_message_bytes" $t.maxMessageBytes "frames_max_message_bytes" $t.framesMaxMessageBytes "partitions" ($t.partitions | default dict) "configs" $configs)) "prefix" "") }}
 {{ end -}}
 
 {{/* Validation ----------------------------------------------------------- */}}
