@@ -290,7 +290,7 @@ async fn transient_failure_retries_without_advancing() {
 
 #[tokio::test]
 async fn send_to_a_dead_broker_times_out_as_retryable() {
-    let mut broker = tk::OwnedBroker::start_memory().await;
+    let mut broker = tk::OwnedBroker::start().await;
     let mut cfg = tk::kafka_config(&broker.bootstrap(), "");
     cfg.producer.delivery_timeout_ms = 1_500;
     let producer = Producer::new(&cfg, "test-producer").unwrap();
@@ -312,7 +312,7 @@ async fn send_to_a_dead_broker_times_out_as_retryable() {
 
 #[tokio::test]
 async fn oversized_and_queue_full_are_reported_not_blocked() {
-    let mut broker = tk::OwnedBroker::start_memory().await;
+    let mut broker = tk::OwnedBroker::start().await;
     let mut cfg = tk::kafka_config(&broker.bootstrap(), "");
     cfg.producer.max_message_bytes = 1_000;
     cfg.producer.queue_max_messages = 2;

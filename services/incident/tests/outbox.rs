@@ -17,7 +17,7 @@ use prost::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_committed_while_the_broker_is_down_are_published_after() {
-    let mut broker = OwnedBroker::start_durable().await;
+    let mut broker = OwnedBroker::start().await;
     let bootstrap = broker.bootstrap();
     let topics = fresh_topics(&bootstrap, 1).await;
     let db = TestDb::new().await;

@@ -255,7 +255,7 @@ async fn persistence_sigkill_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn broker_outage_gives_503_and_loses_nothing_acknowledged() {
-    let mut broker = tk::OwnedBroker::start_durable().await;
+    let mut broker = tk::OwnedBroker::start().await;
     let mut stack = Stack::start(&broker.bootstrap()).await;
     let token = stack.add_vehicle("e2e-outage").await;
     let client = reqwest::Client::builder()
