@@ -2,8 +2,8 @@
 //! `/healthz` (process is alive) and `/readyz` (dependencies are reachable).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -39,17 +39,89 @@ impl AdminConfig {
     }
 }
 
-/// Readiness flag flipped by the service once its dependencies answer, and
-/// back to not-ready on shutdown so load balancers stop sending work.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether the service should get work: every part is ready and the drain
+/// has not begun. Parts are the service itself (set by the supervisor once
+/// every task runs) and each dependency (`part("database")`), each written by
+/// its own watcher, so one watcher's "ok" never hides another's outage.
+/// Once the drain starts it stays not-ready, whatever a watcher still writes,
+/// so load balancers stop sending work.
+#[derive(Clone)]
+pub struct Readiness {
+    shared: Arc<Shared>,
+    /// Which part this handle writes; `None` for the service's own part.
+    part: Option<usize>,
+}
+
+struct Shared {
+    draining: AtomicBool,
+    /// The service's own part first, then dependencies in registration order.
+    parts: Mutex<Vec<(&'static str, bool)>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                draining: AtomicBool::new(false),
+                parts: Mutex::new(vec![("service", false)]),
+            }),
+            part: None,
+        }
+    }
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+    fn parts(&self) -> std::sync::MutexGuard<'_, Vec<(&'static str, bool)>> {
+        // A poisoned lock still holds valid booleans.
+        self.shared.parts.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A handle for one dependency, not ready until its watcher says so.
+    pub fn part(&self, name: &'static str) -> Readiness {
+        let mut parts = self.parts();
+        parts.push((name, false));
+        Readiness {
+            shared: self.shared.clone(),
+            part: Some(parts.len() - 1),
+        }
+    }
+
+    /// Sets this handle's part.
+    pub fn set(&self, ready: bool) {
+        self.parts()[self.part.unwrap_or(0)].1 = ready;
+    }
+
+    /// For the service's handle: whether the whole service is ready. For a
+    /// part's handle: whether that part is (what its watcher last set).
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        let parts = self.parts();
+        match self.part {
+            Some(i) => parts[i].1,
+            None => !self.is_draining() && parts.iter().all(|(_, ready)| *ready),
+        }
+    }
+
+    /// The parts not ready, by name (empty when ready, `draining` while stopping).
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self
+            .parts()
+            .iter()
+            .filter(|(_, ready)| !ready)
+            .map(|(name, _)| *name)
+            .collect();
+        if self.is_draining() {
+            names.insert(0, "draining");
+        }
+        names
+    }
+
+    /// Not ready from now on: the service is stopping.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
     }
 }
 
@@ -125,6 +197,14 @@ mod tests {
         assert_eq!(get("/readyz").await.unwrap().status(), 503);
         readiness.set(true);
         assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        let db = readiness.part("database");
+        assert_eq!(get("/readyz").await.unwrap().status(), 503);
+        db.set(true);
+        assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        readiness.drain();
+        db.set(true);
+        assert_eq!(get("/readyz").await.unwrap().status(), 503);
+        assert_eq!(readiness.not_ready(), vec!["draining"]);
         let m = get("/metrics").await.unwrap();
         assert_eq!(m.status(), 200);
         shutdown.cancel();

@@ -1,18 +1,20 @@
 //! Shared plumbing of every Fleetwatch service: layered config, logs/traces/
 //! metrics, the admin server (`/metrics`, `/healthz`, `/readyz`), the gRPC
-//! server setup and shutdown.
+//! server setup, and the supervisor that runs and drains a service's tasks.
 
 pub mod admin;
 pub mod config;
 pub mod grpc;
 pub mod service;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 
 pub use admin::{AdminConfig, Readiness};
 pub use config::{ConfigError, Validate, load_config};
 pub use service::service_main;
 pub use shutdown::{Shutdown, shutdown_on_signal};
+pub use supervisor::{ShutdownConfig, Stage, Supervisor, TaskControl};
 pub use telemetry::{LogConfig, LogFormat, TelemetryGuard};
 
 /// Exit code for a configuration error (EX_USAGE), so orchestration can tell a
