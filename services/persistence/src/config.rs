@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use fleetwatch_common::config::Validate;
-use fleetwatch_common::{AdminConfig, LogConfig};
+use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
 use fleetwatch_db::DbConfig;
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
 use fleetwatch_objectstore::ObjectStoreConfig;
@@ -16,6 +16,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin server (`/metrics`, `/healthz`, `/readyz`), default port 9602.
     pub admin: AdminConfig,
+    /// Drain time limit (`shutdown.grace_ms`).
+    pub shutdown: ShutdownConfig,
     /// Broker connection and consumer tuning. Leave `kafka.consumer.group_id`
     /// empty: the group ids come from `writer.group_prefix`.
     pub kafka: KafkaConfig,
@@ -38,6 +40,7 @@ impl Default for Config {
         Self {
             log: LogConfig::default(),
             admin: AdminConfig::on_port(9602),
+            shutdown: ShutdownConfig::default(),
             kafka: KafkaConfig::default(),
             topics: TopicNames::default(),
             database: DbConfig::default(),
@@ -115,6 +118,7 @@ impl Default for WriterConfig {
 impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut errs = self.kafka.validate();
+        errs.extend(self.shutdown.validate());
         if !self.kafka.consumer.group_id.is_empty() {
             errs.push("kafka.consumer.group_id: leave it empty; persistence derives its groups from writer.group_prefix".into());
         }

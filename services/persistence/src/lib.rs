@@ -12,11 +12,10 @@ pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use fleetwatch_common::Shutdown;
 use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
 use fleetwatch_proto::v1::persistence_query_server::PersistenceQueryServer;
 use tokio::task::JoinHandle;
@@ -29,8 +28,11 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub readiness: Readiness,
-    /// Ends once consumers finished their in-flight batch, the DLQ producer
-    /// is flushed and the servers stopped.
+    /// The supervisor's tasks by name (fault-injection tests abort one).
+    pub tasks: TaskControl,
+    /// Ends once the drain finished: consumers committed, the DLQ producer
+    /// flushed, the servers stopped and the pool closed; an error if a task
+    /// ended on its own or the drain outran `shutdown.grace_ms`.
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -61,8 +63,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let frames_consumer = consumer("frames", &config.topics.frames)?;
 
     let readiness = Readiness::default();
-    let (admin_addr, admin_task) =
-        admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+    let mut sup = Supervisor::new("persistence", &config.shutdown, shutdown, readiness.clone());
+    let (admin_addr, admin_task) = admin::serve(
+        &config.admin,
+        readiness.clone(),
+        sup.stop_token(Stage::Servers),
+    )
+    .await?;
+    sup.spawn(Stage::Servers, "admin server", |_| admin_task);
     let listener = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
@@ -70,76 +78,74 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 
     let partitions = Arc::new(Partitions::default());
     let max_rows = config.writer.max_rows_per_statement;
-    let consumers = vec![
-        tokio::spawn(telemetry_consumer.run(
-            Handler(TelemetryWriter {
-                pool: pool.clone(),
-                partitions: partitions.clone(),
-                max_rows,
-                concurrency: config.writer.telemetry_write_concurrency,
-            }),
-            shutdown.clone(),
-        )),
-        tokio::spawn(detections_consumer.run(
-            Handler(DetectionsWriter {
-                pool: pool.clone(),
-                max_rows,
-            }),
-            shutdown.clone(),
-        )),
-        tokio::spawn(frames_consumer.run(
-            Handler(FramesWriter {
-                pool: pool.clone(),
-                store: store.clone(),
-                concurrency: config.writer.object_store_concurrency,
-            }),
-            shutdown.clone(),
-        )),
-    ];
-    let maintenance_task = tokio::spawn(maintenance::run(
-        pool.clone(),
+    // Retention and partition upkeep start work of their own: stopped first.
+    sup.spawn(Stage::Intake, "maintenance", |stop| {
+        maintenance::run(
+            pool.clone(),
+            partitions.clone(),
+            config.retention.clone(),
+            stop,
+        )
+    });
+    let handler = Handler(TelemetryWriter {
+        pool: pool.clone(),
         partitions,
-        config.retention.clone(),
-        shutdown.clone(),
-    ));
-    let readiness_task = tokio::spawn(fleetwatch_db::watch_readiness(
-        pool.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    let grpc_task = tokio::spawn(fleetwatch_common::grpc::serve(
-        listener,
-        PersistenceQueryServer::new(query::QueryService {
-            pool: pool.clone(),
-            store,
-        }),
-        shutdown.clone(),
-    ));
+        max_rows,
+        concurrency: config.writer.telemetry_write_concurrency,
+    });
+    sup.spawn(Stage::Consumers, "telemetry consumer", |stop| {
+        telemetry_consumer.run(handler, stop)
+    });
+    let handler = Handler(DetectionsWriter {
+        pool: pool.clone(),
+        max_rows,
+    });
+    sup.spawn(Stage::Consumers, "detections consumer", |stop| {
+        detections_consumer.run(handler, stop)
+    });
+    let handler = Handler(FramesWriter {
+        pool: pool.clone(),
+        store: store.clone(),
+        concurrency: config.writer.object_store_concurrency,
+    });
+    sup.spawn(Stage::Consumers, "frames consumer", |stop| {
+        frames_consumer.run(handler, stop)
+    });
+    sup.on_drain_blocking(Stage::Producers, "flush the dlq producer", move |left| {
+        dlq.flush(left)
+            .context("dlq producer did not flush in time")
+    });
+    let database = readiness.part("database");
+    let p = pool.clone();
+    sup.spawn(Stage::Servers, "database readiness", |stop| {
+        fleetwatch_db::watch_readiness(p, database, stop)
+    });
+    let api = PersistenceQueryServer::new(query::QueryService {
+        pool: pool.clone(),
+        store,
+    });
+    sup.spawn(Stage::Servers, "grpc server", |stop| {
+        fleetwatch_common::grpc::serve(listener, api, stop)
+    });
+    sup.on_drain(
+        Stage::Pools,
+        "close the database pool",
+        move |_| async move {
+            pool.close().await;
+            Ok(())
+        },
+    );
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, objects = %store_shown,
         telemetry = %config.topics.telemetry, detections = %config.topics.detections, frames = %config.topics.frames,
         "persistence started");
-
-    let handle = tokio::spawn(async move {
-        for c in consumers {
-            c.await.context("a consumer task failed")?;
-        }
-        let flushed = tokio::task::spawn_blocking(move || dlq.flush(Duration::from_secs(10))).await;
-        if let Ok(Err(e)) = flushed {
-            tracing::warn!(error = %e, "dlq producer did not flush in time");
-        }
-        let grpc = grpc_task.await.context("the gRPC server task failed")?;
-        let _ = maintenance_task.await;
-        let _ = readiness_task.await;
-        let _ = admin_task.await;
-        pool.close().await;
-        grpc
-    });
+    let tasks = sup.control();
     Ok(Running {
         grpc_addr,
         admin_addr,
         readiness,
-        handle,
+        tasks,
+        handle: sup.start(),
     })
 }
 

@@ -120,3 +120,41 @@ async fn database_outage_retries_and_loses_nothing() {
     assert_eq!(r.into_inner().points.len(), 50);
     h.stop().await;
 }
+
+/// A half-alive pod is worse than a dead one: when the gRPC server dies, the
+/// whole service drains and ends with an error naming it (`run` returns it,
+/// so the process exits non-zero), instead of consuming on without an API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_grpc_server_stops_the_service_non_zero() {
+    let h = Harness::start().await;
+    let admin = h.running.admin_addr;
+    wait_for("readiness", WAIT, || async move {
+        reqwest::get(format!("http://{admin}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+            .then_some(())
+    })
+    .await;
+    assert!(h.running.tasks.abort("grpc server"));
+    let err = tokio::time::timeout(WAIT, h.running.handle)
+        .await
+        .expect("the service stops by itself")
+        .unwrap()
+        .expect_err("a dead gRPC server is a failure");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("task `grpc server` stopped unexpectedly"),
+        "{text}"
+    );
+    assert!(!h.running.readiness.is_ready());
+    assert!(
+        reqwest::get(format!("http://{admin}/healthz"))
+            .await
+            .is_err(),
+        "the admin server is drained too"
+    );
+    assert!(
+        !h.shutdown.is_cancelled(),
+        "nobody asked it to stop: it stopped on its own"
+    );
+}
