@@ -114,9 +114,11 @@ ensure_kafka() {
         log "fetching Apache Kafka from Maven Central into $libs (once)"
         rm -rf "$libs"
         mkdir -p "$libs"
-        mvn -B -q -Dstyle.color=never -f "$KAFKA_POM_DIR/pom.xml" dependency:copy-dependencies \
-            -DoutputDirectory="$libs" \
-            || die "mvn could not fetch the Kafka jars (scripts/kafka/pom.xml); is Maven Central reachable?"
+        if ! mvn -B -q -Dstyle.color=never -f "$KAFKA_POM_DIR/pom.xml" dependency:copy-dependencies \
+            -DoutputDirectory="$libs" >"$root/.fleetwatch/kafka/mvn.log" 2>&1; then
+            tail -n 30 "$root/.fleetwatch/kafka/mvn.log" >&2
+            die "mvn could not fetch the Kafka jars (scripts/kafka/pom.xml; log $root/.fleetwatch/kafka/mvn.log); is Maven Central reachable?"
+        fi
         printf '%s\n' "$want" >"$stamp"
     fi
     export KAFKA_LIBS="$libs"
