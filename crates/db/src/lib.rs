@@ -1,6 +1,11 @@
 //! The one Fleetwatch schema (`migrations/`, embedded here), the check every
 //! service runs at start so it never works on a wrong schema, pool setup, the
-//! database readiness watch, and vehicle registration/token lookup.
+//! database readiness watch, vehicle registration/token lookup, and the one
+//! classification of database errors.
+
+mod classify;
+
+pub use classify::{ErrorClass, classify, classify_sqlstate};
 
 use std::time::Duration;
 
@@ -36,6 +41,16 @@ pub enum DbError {
     VehicleExists(String),
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
+}
+
+impl DbError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Connect(e) | Self::Sql(e) => classify(e),
+            Self::InvalidVehicleId(_) | Self::VehicleExists(_) => ErrorClass::Data,
+            Self::WrongSchema { .. } | Self::Migrate(_) => ErrorClass::Bug,
+        }
+    }
 }
 
 /// The `[database]` section of service configs.

@@ -128,3 +128,38 @@ async fn partitions_are_created_on_demand_and_dropped_by_retention() {
         "today's point stays, the old one went with its partition"
     );
 }
+
+/// The two poison cases of issue 12 raise what `classify` calls data errors.
+#[tokio::test]
+async fn refused_values_classify_as_data_errors() {
+    use fleetwatch_db::{ErrorClass, classify};
+    let db = TestDb::new().await;
+    let nul = sqlx::query("SELECT $1::text")
+        .bind("frame\u{0}key")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let code = |e: &sqlx::Error| {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.to_string())
+    };
+    assert_eq!(code(&nul).as_deref(), Some("22021"), "{nul}");
+    assert_eq!(classify(&nul), ErrorClass::Data);
+    // Incompressible, so the index row cannot shrink below the btree limit.
+    let long: String =
+        rand::Rng::sample_iter(rand::thread_rng(), &rand::distributions::Alphanumeric)
+            .take(8000)
+            .map(char::from)
+            .collect();
+    let big = sqlx::query(
+        "INSERT INTO detections (drone_id, timestamp, class, confidence, frame_id, seq, model_name) \
+         VALUES ('d1', now(), 'person', 0.9, 'f1', 0, $1)",
+    )
+    .bind(&long)
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert_eq!(code(&big).as_deref(), Some("54000"), "{big}");
+    assert_eq!(classify(&big), ErrorClass::Data);
+}

@@ -109,12 +109,25 @@ impl Clips {
         metrics::FRAME_BUFFER_BYTES.set(b.bytes as i64);
     }
 
-    /// Copies buffered frames into every clip window they fall in.
+    /// Copies buffered frames into every clip window they fall in; frames
+    /// the database refuses are logged and dropped from the buffer.
     pub async fn sync(&self) -> Result<usize, ClipError> {
+        let (copied, refused) = self.sync_isolating().await?;
+        for r in refused {
+            tracing::warn!(vehicle = %r.vehicle, time_us = r.time_us, error = %r.reason,
+                "database refused a buffered frame; dropped it from the clip buffer");
+        }
+        Ok(copied)
+    }
+
+    /// [`Self::sync`], returning the frames the database refused (a data
+    /// error) instead of failing on them: retrying could never list them,
+    /// and they would stay buffered and fail every sync until they age out.
+    async fn sync_isolating(&self) -> Result<(usize, Vec<Refused>), ClipError> {
         // (vehicle, oldest, newest) of the buffer.
         let spans: Vec<(String, i64, i64)> = {
             let Ok(b) = self.buffer.lock() else {
-                return Ok(0);
+                return Ok((0, Vec::new()));
             };
             b.frames
                 .iter()
@@ -122,7 +135,7 @@ impl Clips {
                 .collect()
         };
         if spans.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let vehicles: Vec<&str> = spans.iter().map(|s| s.0.as_str()).collect();
         let oldest = spans.iter().map(|s| s.1).min().unwrap_or(0);
@@ -137,18 +150,18 @@ impl Clips {
         .bind(oldest)
         .fetch_all(&self.pool)
         .await?;
-        let mut todo: Vec<(i64, String, i64, String, Bytes)> = Vec::new();
+        let mut todo: Vec<(i64, String, &str, i64, String, Bytes)> = Vec::new();
         {
             let Ok(b) = self.buffer.lock() else {
-                return Ok(0);
+                return Ok((0, Vec::new()));
             };
             for c in &clips {
                 let id: i64 = c.get(0);
-                let vehicle: String = c.get(1);
+                let vehicle: &str = c.get(1);
                 let (from, to): (i64, i64) = (c.get(2), c.get(3));
                 let prefix: String = c.get(4);
                 let have: HashSet<i64> = c.get::<Vec<i64>, _>(5).into_iter().collect();
-                let Some(q) = b.frames.get(&vehicle) else {
+                let Some(q) = b.frames.get(vehicle) else {
                     continue;
                 };
                 for f in q
@@ -160,15 +173,30 @@ impl Clips {
                         f.time_us,
                         fleetwatch_objectstore::extension_for(&f.content_type)
                     );
-                    todo.push((id, key, f.time_us, f.content_type.clone(), f.data.clone()));
+                    todo.push((
+                        id,
+                        key,
+                        vehicle,
+                        f.time_us,
+                        f.content_type.clone(),
+                        f.data.clone(),
+                    ));
                 }
             }
         }
-        for (clip, key, time_us, content_type, data) in &todo {
+        let mut refused: Vec<Refused> = Vec::new();
+        let mut copied = 0;
+        for (clip, key, vehicle, time_us, content_type, data) in &todo {
+            if refused
+                .iter()
+                .any(|r| r.vehicle == *vehicle && r.time_us == *time_us)
+            {
+                continue;
+            }
             let path = Path::parse(key).map_err(|e| ClipError::Key(e.to_string()))?;
             let size = data.len() as i32;
             self.store.put(&path, data.clone().into()).await?;
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO incident_clip_frames (clip_id, time_us, object_key, content_type, size_bytes) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
             )
@@ -178,11 +206,50 @@ impl Clips {
             .bind(content_type)
             .bind(size)
             .execute(&self.pool)
-            .await?;
-            metrics::CLIP_FRAMES.inc();
+            .await;
+            match inserted {
+                Ok(_) => {
+                    metrics::CLIP_FRAMES.inc();
+                    copied += 1;
+                }
+                Err(e) if fleetwatch_db::classify(&e) == fleetwatch_db::ErrorClass::Data => {
+                    self.drop_buffered(vehicle, *time_us);
+                    refused.push(Refused {
+                        vehicle: vehicle.to_string(),
+                        time_us: *time_us,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(todo.len())
+        Ok((copied, refused))
     }
+
+    fn drop_buffered(&self, vehicle: &str, time_us: i64) {
+        let Ok(mut b) = self.buffer.lock() else {
+            return;
+        };
+        let Some(q) = b.frames.get_mut(vehicle) else {
+            return;
+        };
+        let Some(pos) = q.iter().position(|x| x.time_us == time_us) else {
+            return;
+        };
+        let freed = q.remove(pos).map_or(0, |x| x.data.len());
+        if q.is_empty() {
+            b.frames.remove(vehicle);
+        }
+        b.bytes -= freed;
+        metrics::FRAME_BUFFER_BYTES.set(b.bytes as i64);
+    }
+}
+
+/// A buffered frame the database refused to list in a clip.
+struct Refused {
+    vehicle: String,
+    time_us: i64,
+    reason: String,
 }
 
 /// The frames consumer: buffer, then match against clip windows. Offsets
@@ -195,6 +262,8 @@ impl BatchHandler for FramesHandler {
         const KIND: &str = "frames";
         let started = Instant::now();
         let mut rejected = Vec::new();
+        // (index, vehicle, time) of the frames this batch buffered.
+        let mut added: Vec<(usize, String, i64)> = Vec::new();
         for (index, record) in batch.iter().enumerate() {
             let f: Frame = match record.decode() {
                 Ok(f) => f,
@@ -224,11 +293,35 @@ impl BatchHandler for FramesHandler {
                 });
                 continue;
             }
+            added.push((index, f.vehicle_id.clone(), f.time_unix_us));
             self.0.add(f);
         }
-        if let Err(e) = self.0.sync().await {
-            metrics::TRANSIENT_FAILURES.with_label_values(&[KIND]).inc();
-            return Err(TransientError::new(e));
+        let refused = match self.0.sync_isolating().await {
+            Ok((_, refused)) => refused,
+            Err(e) => {
+                metrics::TRANSIENT_FAILURES.with_label_values(&[KIND]).inc();
+                return Err(TransientError::new(e));
+            }
+        };
+        for r in refused {
+            match added
+                .iter()
+                .find(|(_, v, t)| *v == r.vehicle && *t == r.time_us)
+            {
+                Some((index, _, _)) => {
+                    metrics::REJECTED
+                        .with_label_values(&[KIND, "database"])
+                        .inc();
+                    rejected.push(Rejection {
+                        index: *index,
+                        reason: format!("refused by the database: {}", r.reason),
+                    });
+                }
+                None => {
+                    tracing::warn!(vehicle = %r.vehicle, time_us = r.time_us, error = %r.reason,
+                    "database refused a buffered frame; dropped it from the clip buffer")
+                }
+            }
         }
         metrics::BATCH_SECONDS
             .with_label_values(&[KIND])

@@ -7,10 +7,12 @@
 //! off, and samples not newer than the stored state are ignored.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use fleetwatch_common::Shutdown;
+use fleetwatch_db::ErrorClass;
 use fleetwatch_kafka::{BatchHandler, Record, Rejection, TransientError};
 use fleetwatch_proto::v1::{DetectionBatch, TelemetryBatch, TelemetryPoint};
 use sqlx::{PgPool, Row};
@@ -174,19 +176,123 @@ fn check_time(what: &str, us: i64) -> Result<(), String> {
 
 fn transient(kind: &str, e: sqlx::Error) -> TransientError {
     metrics::TRANSIENT_FAILURES.with_label_values(&[kind]).inc();
+    // Retried like a transient failure, but only a fix makes it pass.
+    if fleetwatch_db::classify(&e) == ErrorClass::Bug {
+        tracing::error!(kind, error = %e, "the database rejects the statement itself; retrying until the schema or release is fixed");
+    }
     TransientError::new(e)
+}
+
+/// A consumer's rule evaluation over valid records (batch index, value).
+trait Evaluate: Sync {
+    type Item: Sync;
+    const KIND: &'static str;
+    fn evaluate(
+        &self,
+        records: &[(usize, Self::Item)],
+    ) -> impl Future<Output = Result<usize, sqlx::Error>> + Send;
+}
+
+/// Applies the records in one transaction. When the database refuses the
+/// batch's values (a data error), applies them one by one, so only the
+/// refused records are rejected (dead-lettered) and the partition moves on.
+/// Records applied alone before a transient failure are applied again with
+/// the retried batch, which the stored rule state turns into a no-op.
+async fn isolate<E: Evaluate>(
+    e: &E,
+    records: &[(usize, E::Item)],
+) -> Result<Vec<Rejection>, TransientError> {
+    let kind = E::KIND;
+    match e.evaluate(records).await {
+        Ok(_) => return Ok(Vec::new()),
+        Err(e) if fleetwatch_db::classify(&e) == ErrorClass::Data => {
+            tracing::warn!(kind, error = %e, records = records.len(),
+                "database refused the batch; applying records one by one to isolate the bad ones");
+        }
+        Err(e) => return Err(transient(kind, e)),
+    }
+    let mut rejected = Vec::new();
+    for one in records.chunks(1) {
+        match e.evaluate(one).await {
+            Ok(_) => {}
+            Err(e) if fleetwatch_db::classify(&e) == ErrorClass::Data => rejected.push(reject(
+                kind,
+                one[0].0,
+                "database",
+                format!("refused by the database: {e}"),
+            )),
+            Err(e) => return Err(transient(kind, e)),
+        }
+    }
+    Ok(rejected)
 }
 
 /// Threshold, geofence and link-loss rules on `fleet.telemetry.v1`.
 pub struct TelemetryHandler(pub Engine);
 
+impl Evaluate for TelemetryHandler {
+    type Item = TelemetryBatch;
+    const KIND: &'static str = "telemetry";
+
+    async fn evaluate(&self, records: &[(usize, TelemetryBatch)]) -> Result<usize, sqlx::Error> {
+        // vehicle -> (point, seen_us)
+        let mut per_vehicle: BTreeMap<&str, Vec<(&TelemetryPoint, i64)>> = BTreeMap::new();
+        for (_, b) in records {
+            let entry = per_vehicle.entry(b.vehicle_id.as_str()).or_default();
+            for p in &b.points {
+                let seen = if b.received_unix_us > 0 {
+                    b.received_unix_us
+                } else {
+                    p.time_unix_us
+                };
+                entry.push((p, seen));
+            }
+        }
+        let rules = self.0.rules.get();
+        let mut keys = Vec::new();
+        let mut plan: Vec<(Rule, String)> = Vec::new();
+        for vehicle in per_vehicle.keys() {
+            for r in rules::applicable(&rules, vehicle) {
+                if matches!(
+                    r.params,
+                    Params::Threshold(_) | Params::Geofence(_) | Params::LinkLoss(_)
+                ) {
+                    keys.push((r.id, vehicle.to_string()));
+                    plan.push((r.clone(), vehicle.to_string()));
+                }
+            }
+        }
+        self.0
+            .apply(keys, |states| {
+                let mut out = Vec::new();
+                for (rule, vehicle) in plan {
+                    let Some(st) = states.get_mut(&(rule.id, vehicle.clone())) else {
+                        continue;
+                    };
+                    let mut points: Vec<&(&TelemetryPoint, i64)> = per_vehicle
+                        .get(vehicle.as_str())
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    points.sort_by_key(|(p, seen)| (p.time_unix_us, *seen));
+                    for (p, seen) in points {
+                        if let Some(t) = rules::apply_point(&rule.params, st, p, *seen) {
+                            out.push((rule.clone(), vehicle.clone(), t));
+                        }
+                    }
+                }
+                out
+            })
+            .await
+    }
+}
+
 impl BatchHandler for TelemetryHandler {
     async fn handle(&self, batch: &[Record]) -> Result<Vec<Rejection>, TransientError> {
-        const KIND: &str = "telemetry";
+        const KIND: &str = <TelemetryHandler as Evaluate>::KIND;
         let started = Instant::now();
         let mut rejected = Vec::new();
-        // vehicle -> (point, seen_us)
-        let mut per_vehicle: BTreeMap<String, Vec<(TelemetryPoint, i64)>> = BTreeMap::new();
+        let mut valid = Vec::with_capacity(batch.len());
         for (index, record) in batch.iter().enumerate() {
             let b: TelemetryBatch = match record.decode() {
                 Ok(b) => b,
@@ -207,50 +313,9 @@ impl BatchHandler for TelemetryHandler {
                 rejected.push(reject(KIND, index, "invalid", e));
                 continue;
             }
-            let entry = per_vehicle.entry(b.vehicle_id.clone()).or_default();
-            for p in b.points {
-                let seen = if b.received_unix_us > 0 {
-                    b.received_unix_us
-                } else {
-                    p.time_unix_us
-                };
-                entry.push((p, seen));
-            }
+            valid.push((index, b));
         }
-        let rules = self.0.rules.get();
-        let mut keys = Vec::new();
-        let mut plan: Vec<(Rule, String)> = Vec::new();
-        for vehicle in per_vehicle.keys() {
-            for r in rules::applicable(&rules, vehicle) {
-                if matches!(
-                    r.params,
-                    Params::Threshold(_) | Params::Geofence(_) | Params::LinkLoss(_)
-                ) {
-                    keys.push((r.id, vehicle.clone()));
-                    plan.push((r.clone(), vehicle.clone()));
-                }
-            }
-        }
-        self.0
-            .apply(keys, |states| {
-                let mut out = Vec::new();
-                for (rule, vehicle) in plan {
-                    let Some(st) = states.get_mut(&(rule.id, vehicle.clone())) else {
-                        continue;
-                    };
-                    let mut points: Vec<&(TelemetryPoint, i64)> =
-                        per_vehicle.get(&vehicle).into_iter().flatten().collect();
-                    points.sort_by_key(|(p, seen)| (p.time_unix_us, *seen));
-                    for (p, seen) in points {
-                        if let Some(t) = rules::apply_point(&rule.params, st, p, *seen) {
-                            out.push((rule.clone(), vehicle.clone(), t));
-                        }
-                    }
-                }
-                out
-            })
-            .await
-            .map_err(|e| transient(KIND, e))?;
+        rejected.extend(isolate(self, &valid).await?);
         metrics::BATCH_SECONDS
             .with_label_values(&[KIND])
             .observe(started.elapsed().as_secs_f64());
@@ -261,27 +326,14 @@ impl BatchHandler for TelemetryHandler {
 /// Detection-class rules on `fleet.detections.v1`.
 pub struct DetectionsHandler(pub Engine);
 
-impl BatchHandler for DetectionsHandler {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Rejection>, TransientError> {
-        const KIND: &str = "detections";
-        let started = Instant::now();
-        let mut rejected = Vec::new();
-        let mut frames: BTreeMap<String, Vec<DetectionBatch>> = BTreeMap::new();
-        for (index, record) in batch.iter().enumerate() {
-            let b: DetectionBatch = match record.decode() {
-                Ok(b) => b,
-                Err(e) => {
-                    rejected.push(reject(KIND, index, "undecodable", e));
-                    continue;
-                }
-            };
-            if let Err(e) = check_vehicle(record, &b.vehicle_id)
-                .and_then(|()| check_time("time_unix_us", b.time_unix_us))
-            {
-                rejected.push(reject(KIND, index, "invalid", e));
-                continue;
-            }
-            frames.entry(b.vehicle_id.clone()).or_default().push(b);
+impl Evaluate for DetectionsHandler {
+    type Item = DetectionBatch;
+    const KIND: &'static str = "detections";
+
+    async fn evaluate(&self, records: &[(usize, DetectionBatch)]) -> Result<usize, sqlx::Error> {
+        let mut frames: BTreeMap<&str, Vec<&DetectionBatch>> = BTreeMap::new();
+        for (_, b) in records {
+            frames.entry(b.vehicle_id.as_str()).or_default().push(b);
         }
         let rules = self.0.rules.get();
         let mut keys = Vec::new();
@@ -289,8 +341,8 @@ impl BatchHandler for DetectionsHandler {
         for vehicle in frames.keys() {
             for r in rules::applicable(&rules, vehicle) {
                 if matches!(r.params, Params::Detection(_)) {
-                    keys.push((r.id, vehicle.clone()));
-                    plan.push((r.clone(), vehicle.clone()));
+                    keys.push((r.id, vehicle.to_string()));
+                    plan.push((r.clone(), vehicle.to_string()));
                 }
             }
         }
@@ -304,8 +356,12 @@ impl BatchHandler for DetectionsHandler {
                     let Some(st) = states.get_mut(&(rule.id, vehicle.clone())) else {
                         continue;
                     };
-                    let mut fs: Vec<&DetectionBatch> =
-                        frames.get(&vehicle).into_iter().flatten().collect();
+                    let mut fs: Vec<&DetectionBatch> = frames
+                        .get(vehicle.as_str())
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .collect();
                     fs.sort_by_key(|f| f.time_unix_us);
                     for f in fs {
                         let key = if f.frame_key.is_empty() {
@@ -326,7 +382,32 @@ impl BatchHandler for DetectionsHandler {
                 out
             })
             .await
-            .map_err(|e| transient(KIND, e))?;
+    }
+}
+
+impl BatchHandler for DetectionsHandler {
+    async fn handle(&self, batch: &[Record]) -> Result<Vec<Rejection>, TransientError> {
+        const KIND: &str = <DetectionsHandler as Evaluate>::KIND;
+        let started = Instant::now();
+        let mut rejected = Vec::new();
+        let mut valid = Vec::with_capacity(batch.len());
+        for (index, record) in batch.iter().enumerate() {
+            let b: DetectionBatch = match record.decode() {
+                Ok(b) => b,
+                Err(e) => {
+                    rejected.push(reject(KIND, index, "undecodable", e));
+                    continue;
+                }
+            };
+            if let Err(e) = check_vehicle(record, &b.vehicle_id)
+                .and_then(|()| check_time("time_unix_us", b.time_unix_us))
+            {
+                rejected.push(reject(KIND, index, "invalid", e));
+                continue;
+            }
+            valid.push((index, b));
+        }
+        rejected.extend(isolate(self, &valid).await?);
         metrics::BATCH_SECONDS
             .with_label_values(&[KIND])
             .observe(started.elapsed().as_secs_f64());

@@ -261,7 +261,7 @@ fn map_rule_err(e: sqlx::Error) -> StoreError {
                     "rule.name: a rule with this name already exists in this scope".into(),
                 );
             }
-            Some("23514") => {
+            _ if fleetwatch_db::classify(&e) == fleetwatch_db::ErrorClass::Data => {
                 return StoreError::Conflict(format!(
                     "rule: refused by the database ({})",
                     db.message()

@@ -432,3 +432,78 @@ async fn poison_records_go_to_the_dlq_and_do_not_block() {
     assert!(dlq[0].header("dlq-error").unwrap().contains("time_unix_us"));
     h.stop().await;
 }
+
+const PERSON_RULE: &str = r#"('person', NULL, 'detection', 4, '{"classes": ["person"], "min_confidence": 0.5, "min_consecutive_frames": 1, "clear_after_secs": 60}')"#;
+
+/// Issue 12: a value the database refuses (a NUL byte in a vehicle-supplied
+/// frame key, SQLSTATE 22021) dead-letters its record instead of being
+/// retried forever, and the records after it on the partition still count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_key_the_database_refuses_is_dead_lettered_without_stalling() {
+    let h = Harness::start(&rules_sql(PERSON_RULE)).await;
+    let t0 = time_ago(60);
+    let mut poison = detections("cam9", t0, vec![detection("person", 0.9, 0.5, 0.5)]);
+    poison.frame_key = "cam9/2026/01/01/frame\u{0}.jpg".into();
+    h.send_detections(&poison).await;
+    let mut next = detections("cam9", t0 + 1_000, vec![detection("person", 0.8, 0.5, 0.5)]);
+    next.frame_key = "cam9/2026/01/01/frame_1.jpg".into();
+    h.send_detections(&next).await;
+    h.wait_count(
+        "the incident of the record after the poison one",
+        "SELECT count(*) FROM incidents WHERE vehicle_id = 'cam9' AND frame_key = 'cam9/2026/01/01/frame_1.jpg'",
+        1,
+    )
+    .await;
+    let dlq = fleetwatch_testkit::read_topic(
+        &h.bootstrap,
+        &format!("{}.dlq", h.topics.detections),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(dlq.len(), 1);
+    let error = dlq[0].header("dlq-error").unwrap();
+    assert!(error.contains("refused by the database"), "{error}");
+    assert_eq!(dlq[0].header("dlq-source-offset").as_deref(), Some("0"));
+    h.wait_consumed("detections", &h.topics.detections.clone())
+        .await;
+    h.stop().await;
+}
+
+/// The same for evidence clips: a frame whose content type the database
+/// refuses is dead-lettered and the next frame still lands in the clip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clip_frame_the_database_refuses_is_dead_lettered_without_stalling() {
+    let h = Harness::start(&rules_sql(PERSON_RULE)).await;
+    let t0 = time_ago(60);
+    h.send_detections(&detections(
+        "cam8",
+        t0,
+        vec![detection("person", 0.9, 0.5, 0.5)],
+    ))
+    .await;
+    h.wait_count(
+        "clip window",
+        "SELECT count(*) FROM incident_clips WHERE vehicle_id = 'cam8'",
+        1,
+    )
+    .await;
+    let mut poison = frame("cam8", t0 - 500_000);
+    poison.content_type = "image/jpeg\u{0}".into();
+    h.send_frame(&poison).await;
+    h.send_frame(&frame("cam8", t0 + 500_000)).await;
+    h.wait_count(
+        "the frame after the poison one",
+        "SELECT count(*) FROM incident_clip_frames",
+        1,
+    )
+    .await;
+    let dlq =
+        fleetwatch_testkit::read_topic(&h.bootstrap, &format!("{}.dlq", h.topics.frames), 1, WAIT)
+            .await;
+    assert_eq!(dlq.len(), 1);
+    let error = dlq[0].header("dlq-error").unwrap();
+    assert!(error.contains("refused by the database"), "{error}");
+    h.wait_consumed("frames", &h.topics.frames.clone()).await;
+    h.stop().await;
+}

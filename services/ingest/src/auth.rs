@@ -74,11 +74,20 @@ impl Authenticator {
         }
     }
 
+    /// A failed registry lookup: the vehicle may retry only what can heal.
     fn db_unavailable(&self, e: fleetwatch_db::DbError) -> IngestError {
-        tracing::warn!(error = %e, "vehicle lookup failed");
-        IngestError::Unavailable {
-            reason: "vehicle registry unavailable".into(),
-            retry_after_secs: self.retry_after_secs,
+        match e.class() {
+            fleetwatch_db::ErrorClass::Transient => {
+                tracing::warn!(error = %e, "vehicle lookup failed");
+                IngestError::Unavailable {
+                    reason: "vehicle registry unavailable".into(),
+                    retry_after_secs: self.retry_after_secs,
+                }
+            }
+            class => {
+                tracing::error!(error = %e, class = class.label(), "vehicle lookup refused by the database");
+                IngestError::Internal("vehicle registry lookup failed".into())
+            }
         }
     }
 

@@ -49,21 +49,11 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> QueryError {
 
 impl From<sqlx::Error> for QueryError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Database(db) => match db.code().as_deref() {
-                // Connection exceptions, shutdown/admin and resource problems.
-                Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
-                    Self::Unavailable(e.to_string())
-                }
-                _ => Self::Internal(e.to_string()),
-            },
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => Self::Unavailable(e.to_string()),
-            _ => Self::Internal(e.to_string()),
+        match fleetwatch_db::classify(&e) {
+            fleetwatch_db::ErrorClass::Transient => Self::Unavailable(e.to_string()),
+            // A request value the database refuses (a NUL byte, say) is the caller's to fix.
+            fleetwatch_db::ErrorClass::Data => invalid("request", e.to_string()),
+            fleetwatch_db::ErrorClass::Bug => Self::Internal(e.to_string()),
         }
     }
 }

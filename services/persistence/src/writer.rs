@@ -37,14 +37,12 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// Whether the database refused the data itself (SQLSTATE class 22 data
-    /// exception or 23 integrity violation): retrying the same rows can never
-    /// succeed, unlike a connection or server problem.
+    /// Whether the database refused the data itself ([`fleetwatch_db::classify`]):
+    /// retrying the same rows can never succeed, unlike a connection or
+    /// server problem.
     pub fn is_data_error(&self) -> bool {
         match self {
-            Self::Db(sqlx::Error::Database(e)) => e
-                .code()
-                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+            Self::Db(e) => fleetwatch_db::classify(e) == fleetwatch_db::ErrorClass::Data,
             _ => false,
         }
     }
@@ -152,6 +150,12 @@ impl<W: Writer> BatchHandler for Handler<W> {
 
 fn transient(kind: &str, e: WriteError) -> TransientError {
     metrics::WRITE_FAILURES.with_label_values(&[kind]).inc();
+    // Retried like a transient failure, but only a fix makes it pass.
+    if let WriteError::Db(db) = &e
+        && fleetwatch_db::classify(db) == fleetwatch_db::ErrorClass::Bug
+    {
+        tracing::error!(kind, error = %db, "the database rejects the statement itself; retrying until the schema or release is fixed");
+    }
     TransientError::new(e)
 }
 

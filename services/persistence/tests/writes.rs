@@ -460,3 +460,64 @@ async fn frames_are_stored_in_the_object_store_then_indexed() {
     assert_eq!(files, 2);
     h.stop().await;
 }
+
+/// Issue 12: an index row too large for the natural key's btree (SQLSTATE
+/// 54000, from a long model_name) is the record's fault, not the database's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_name_too_long_for_the_index_is_dead_lettered_without_stalling() {
+    let h = Harness::start().await;
+    let t = time_ago(60);
+    let b = |us: i64, model_name: String| DetectionBatch {
+        vehicle_id: "drone-5".into(),
+        time_unix_us: us,
+        frame_id: "frame-1".into(),
+        detections: vec![Detection {
+            class_name: "person".into(),
+            confidence: 0.5,
+            ..Default::default()
+        }],
+        model_name,
+        source: "inference".into(),
+        ..Default::default()
+    };
+    // Pseudo-random letters: a repetitive name would compress below the limit.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let long: String = (0..8000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
+    h.send_detections(&b(t, "yolov8n".into())).await;
+    h.send_detections(&b(t + 1, long)).await;
+    h.send_detections(&b(t + 2, "yolov8n".into())).await;
+    h.wait_count(
+        "the record after the poison one",
+        "SELECT count(*) FROM detections WHERE drone_id = 'drone-5'",
+        2,
+    )
+    .await;
+    let dlq = read_topic(
+        &h.bootstrap,
+        &format!("{}.dlq", h.topics.detections),
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(dlq.len(), 1);
+    let error = dlq[0].header(headers::DLQ_ERROR).unwrap();
+    assert!(error.contains("refused by the database"), "{error}");
+    assert!(error.contains("index row"), "{error}");
+    assert_eq!(
+        dlq[0].header(headers::DLQ_SOURCE_OFFSET).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM detections WHERE length(model_name) > 100")
+            .await,
+        0
+    );
+    h.stop().await;
+}
