@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use fleetwatch_common::config::Validate;
-use fleetwatch_common::{AdminConfig, LogConfig};
+use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
 use fleetwatch_db::DbConfig;
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
 use fleetwatch_objectstore::ObjectStoreConfig;
@@ -16,6 +16,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin server (`/metrics`, `/healthz`, `/readyz`), default port 9604.
     pub admin: AdminConfig,
+    /// Drain time limit (`shutdown.grace_ms`).
+    pub shutdown: ShutdownConfig,
     /// Broker connection and consumer tuning. Leave `kafka.consumer.group_id`
     /// empty: the group ids come from `engine.group_prefix`.
     pub kafka: KafkaConfig,
@@ -40,6 +42,7 @@ impl Default for Config {
         Self {
             log: LogConfig::default(),
             admin: AdminConfig::on_port(9604),
+            shutdown: ShutdownConfig::default(),
             kafka: {
                 // Incidents are latency-bound: a batch starts at once with
                 // what has arrived instead of lingering 10 ms for more.
@@ -150,6 +153,7 @@ impl Default for OutboxConfig {
 impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut errs = self.kafka.validate();
+        errs.extend(self.shutdown.validate());
         if !self.kafka.consumer.group_id.is_empty() {
             errs.push("kafka.consumer.group_id: leave it empty; the incident service derives its groups from engine.group_prefix".into());
         }

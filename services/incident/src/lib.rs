@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleetwatch_common::Shutdown;
 use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
 use fleetwatch_proto::v1::incident_service_server::IncidentServiceServer;
 use tokio::sync::Notify;
@@ -33,8 +33,12 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub readiness: Readiness,
-    /// Ends once consumers finished their in-flight batch, the outbox is
-    /// drained (bounded), producers are flushed and the servers stopped.
+    /// The supervisor's tasks by name (fault-injection tests abort one).
+    pub tasks: TaskControl,
+    /// Ends once the drain finished: consumers committed, the outbox
+    /// publisher stopped, producers flushed, the servers stopped and the pool
+    /// closed; an error if a task ended on its own or the drain outran
+    /// `shutdown.grace_ms`.
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -91,39 +95,33 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     };
 
     let readiness = Readiness::default();
-    let (admin_addr, admin_task) =
-        admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+    let mut sup = Supervisor::new("incident", &config.shutdown, shutdown, readiness.clone());
+    let (admin_addr, admin_task) = admin::serve(
+        &config.admin,
+        readiness.clone(),
+        sup.stop_token(Stage::Servers),
+    )
+    .await?;
+    sup.spawn(Stage::Servers, "admin server", |_| admin_task);
     let listener = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
     let grpc_addr = listener.local_addr()?;
 
-    let mut consumers = vec![
-        tokio::spawn(
-            telemetry_consumer.run(engine::TelemetryHandler(engine.clone()), shutdown.clone()),
-        ),
-        tokio::spawn(
-            detections_consumer.run(engine::DetectionsHandler(engine.clone()), shutdown.clone()),
-        ),
-    ];
-    let mut background = vec![
-        tokio::spawn(engine::refresh_rules(
-            pool.clone(),
-            rules.clone(),
-            Duration::from_millis(config.engine.rules_refresh_ms),
-            shutdown.clone(),
-        )),
-        tokio::spawn(engine::link_loss_loop(
-            engine.clone(),
-            Duration::from_millis(config.engine.link_loss_check_ms),
-            shutdown.clone(),
-        )),
-        tokio::spawn(fleetwatch_db::watch_readiness(
-            pool.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        )),
-    ];
+    // Link-loss checks open incidents on their own: stopped with the intake.
+    let e = engine.clone();
+    let every = Duration::from_millis(config.engine.link_loss_check_ms);
+    sup.spawn(Stage::Intake, "link-loss checks", |stop| {
+        engine::link_loss_loop(e, every, stop)
+    });
+    let handler = engine::TelemetryHandler(engine.clone());
+    sup.spawn(Stage::Consumers, "telemetry consumer", |stop| {
+        telemetry_consumer.run(handler, stop)
+    });
+    let handler = engine::DetectionsHandler(engine.clone());
+    sup.spawn(Stage::Consumers, "detections consumer", |stop| {
+        detections_consumer.run(handler, stop)
+    });
     if let Some(frames_consumer) = frames_consumer {
         let keep_us = ((config.evidence.clip_before_secs + config.evidence.clip_after_secs + 10.0)
             * 1e6) as i64;
@@ -133,70 +131,72 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             keep_us,
             (config.evidence.buffer_max_mib * 1024 * 1024) as usize,
         ));
-        consumers.push(tokio::spawn(
-            frames_consumer.run(clips::FramesHandler(clips.clone()), shutdown.clone()),
-        ));
-        background.push(tokio::spawn(clips::tick(clips, shutdown.clone())));
+        let handler = clips::FramesHandler(clips.clone());
+        sup.spawn(Stage::Consumers, "frames consumer", |stop| {
+            frames_consumer.run(handler, stop)
+        });
+        sup.spawn(Stage::Consumers, "clip ticks", |stop| {
+            clips::tick(clips, stop)
+        });
     }
-    // The publisher outlives the consumers' last commits: it stops on its
-    // own token, cancelled once they are done.
-    let publisher_stop = Shutdown::new();
-    let publisher = tokio::spawn(
-        outbox::Publisher {
-            pool: pool.clone(),
-            producer: events.clone(),
-            topic: config.topics.incidents.clone(),
-            notify: published.clone(),
-            poll: Duration::from_millis(config.outbox.poll_interval_ms),
-            batch: config.outbox.batch_size,
-            keep_published_hours: config.outbox.keep_published_hours,
-        }
-        .run(publisher_stop.clone()),
+    // The publisher outlives the consumers' last commits, so the events of
+    // their last batches leave with this replica.
+    let publisher = outbox::Publisher {
+        pool: pool.clone(),
+        producer: events.clone(),
+        topic: config.topics.incidents.clone(),
+        notify: published.clone(),
+        poll: Duration::from_millis(config.outbox.poll_interval_ms),
+        batch: config.outbox.batch_size,
+        keep_published_hours: config.outbox.keep_published_hours,
+    };
+    sup.spawn(Stage::Producers, "outbox publisher", |stop| {
+        publisher.run(stop)
+    });
+    sup.on_drain_blocking(Stage::Producers, "flush the producers", move |left| {
+        let a = dlq.flush(left);
+        let b = events.flush(left);
+        a.and(b).context("producers did not flush in time")
+    });
+    let (p, r) = (pool.clone(), rules.clone());
+    let every = Duration::from_millis(config.engine.rules_refresh_ms);
+    sup.spawn(Stage::Servers, "rules refresh", |stop| {
+        engine::refresh_rules(p, r, every, stop)
+    });
+    let database = readiness.part("database");
+    let p = pool.clone();
+    sup.spawn(Stage::Servers, "database readiness", |stop| {
+        fleetwatch_db::watch_readiness(p, database, stop)
+    });
+    let api = IncidentServiceServer::new(api::Api {
+        pool: pool.clone(),
+        rules,
+        published,
+        retention_days: config.evidence.retention_days,
+    });
+    sup.spawn(Stage::Servers, "grpc server", |stop| {
+        fleetwatch_common::grpc::serve(listener, api, stop)
+    });
+    sup.on_drain(
+        Stage::Pools,
+        "close the database pool",
+        move |_| async move {
+            pool.close().await;
+            Ok(())
+        },
     );
-    let grpc_task = tokio::spawn(fleetwatch_common::grpc::serve(
-        listener,
-        IncidentServiceServer::new(api::Api {
-            pool: pool.clone(),
-            rules,
-            published,
-            retention_days: config.evidence.retention_days,
-        }),
-        shutdown.clone(),
-    ));
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, objects = %store_shown,
         telemetry = %config.topics.telemetry, detections = %config.topics.detections,
         frames = %config.topics.frames, incidents = %config.topics.incidents,
         "incident service started");
-
-    let handle = tokio::spawn(async move {
-        for c in consumers {
-            c.await.context("a consumer task failed")?;
-        }
-        let grpc = grpc_task.await.context("the gRPC server task failed")?;
-        publisher_stop.cancel();
-        let _ = publisher.await;
-        let flushed = tokio::task::spawn_blocking(move || {
-            let a = dlq.flush(Duration::from_secs(10));
-            let b = events.flush(Duration::from_secs(10));
-            a.and(b)
-        })
-        .await;
-        if let Ok(Err(e)) = flushed {
-            tracing::warn!(error = %e, "producers did not flush in time");
-        }
-        for t in background {
-            let _ = t.await;
-        }
-        let _ = admin_task.await;
-        pool.close().await;
-        grpc
-    });
+    let tasks = sup.control();
     Ok(Running {
         grpc_addr,
         admin_addr,
         readiness,
-        handle,
+        tasks,
+        handle: sup.start(),
     })
 }
 
