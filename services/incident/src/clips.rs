@@ -8,7 +8,7 @@
 //! batch, plus a 1 s tick, matches the buffer against open clip windows.
 //! Copies are idempotent (deterministic keys, `ON CONFLICT DO NOTHING`).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,9 @@ use fleetwatch_kafka::{BatchHandler, Record, Rejection, TransientError};
 use fleetwatch_proto::v1::Frame;
 use object_store::ObjectStore;
 use object_store::path::Path;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
-use crate::metrics;
+use crate::{metrics, store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
@@ -139,28 +139,15 @@ impl Clips {
         }
         let vehicles: Vec<&str> = spans.iter().map(|s| s.0.as_str()).collect();
         let oldest = spans.iter().map(|s| s.1).min().unwrap_or(0);
-        let clips = sqlx::query(
-            "SELECT c.id, c.vehicle_id, c.from_us, c.to_us, c.prefix, \
-                    COALESCE(array_agg(f.time_us) FILTER (WHERE f.time_us IS NOT NULL), '{}') \
-             FROM incident_clips c LEFT JOIN incident_clip_frames f ON f.clip_id = c.id \
-             WHERE c.vehicle_id = ANY($1) AND c.to_us >= $2 \
-             GROUP BY c.id",
-        )
-        .bind(&vehicles)
-        .bind(oldest)
-        .fetch_all(&self.pool)
-        .await?;
+        let clips = store::open_clips(&self.pool, &vehicles, oldest).await?;
         let mut todo: Vec<(i64, String, &str, i64, String, Bytes)> = Vec::new();
         {
             let Ok(b) = self.buffer.lock() else {
                 return Ok((0, Vec::new()));
             };
             for c in &clips {
-                let id: i64 = c.get(0);
-                let vehicle: &str = c.get(1);
-                let (from, to): (i64, i64) = (c.get(2), c.get(3));
-                let prefix: String = c.get(4);
-                let have: HashSet<i64> = c.get::<Vec<i64>, _>(5).into_iter().collect();
+                let (id, vehicle, prefix) = (c.id, c.vehicle_id.as_str(), &c.prefix);
+                let (from, to, have) = (c.from_us, c.to_us, &c.have);
                 let Some(q) = b.frames.get(vehicle) else {
                     continue;
                 };
@@ -196,16 +183,16 @@ impl Clips {
             let path = Path::parse(key).map_err(|e| ClipError::Key(e.to_string()))?;
             let size = data.len() as i32;
             self.store.put(&path, data.clone().into()).await?;
-            let inserted = sqlx::query(
-                "INSERT INTO incident_clip_frames (clip_id, time_us, object_key, content_type, size_bytes) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            let inserted = store::insert_clip_frame(
+                &self.pool,
+                &store::ClipFrame {
+                    clip_id: *clip,
+                    time_us: *time_us,
+                    object_key: key,
+                    content_type,
+                    size_bytes: size,
+                },
             )
-            .bind(clip)
-            .bind(time_us)
-            .bind(key)
-            .bind(content_type)
-            .bind(size)
-            .execute(&self.pool)
             .await;
             match inserted {
                 Ok(_) => {

@@ -15,7 +15,7 @@ use fleetwatch_common::Shutdown;
 use fleetwatch_db::ErrorClass;
 use fleetwatch_kafka::{BatchHandler, Record, Rejection, TransientError};
 use fleetwatch_proto::v1::{DetectionBatch, TelemetryBatch, TelemetryPoint};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::metrics;
@@ -434,24 +434,9 @@ pub async fn link_loss_loop(engine: Engine, every: Duration, shutdown: Shutdown)
 pub async fn check_link_loss(engine: &Engine, now_us: i64) -> Result<usize, sqlx::Error> {
     let rules = engine.rules.get();
     let mut tx = engine.pool.begin().await?;
-    // A vehicle marked inactive in the registry is not expected to talk.
-    let rows = sqlx::query(
-        "SELECT s.rule_id, s.vehicle_id, s.last_seen_us FROM incident_rule_state s \
-         JOIN incident_rules r ON r.id = s.rule_id \
-         LEFT JOIN vehicles v ON v.id = s.vehicle_id \
-         WHERE r.kind = 'link_loss' AND r.enabled AND NOT s.active AND s.last_seen_us IS NOT NULL \
-           AND s.last_seen_us < $1 - ((r.params->>'timeout_secs')::float8 * 1e6)::bigint \
-           AND v.active IS NOT FALSE \
-         ORDER BY s.rule_id, s.vehicle_id LIMIT 1000 FOR UPDATE OF s SKIP LOCKED",
-    )
-    .bind(now_us)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = store::silent_link_loss_states(&mut tx, now_us).await?;
     let mut n = 0;
-    for r in rows {
-        let rule_id: i64 = r.get(0);
-        let vehicle: String = r.get(1);
-        let last_seen: i64 = r.get(2);
+    for (rule_id, vehicle, last_seen) in rows {
         // The stored rule may have been overridden for this vehicle since.
         let Some(rule) = rules::applicable(&rules, &vehicle)
             .into_iter()
@@ -463,14 +448,7 @@ pub async fn check_link_loss(engine: &Engine, now_us: i64) -> Result<usize, sqlx
             continue;
         };
         let timeout_us = (p.timeout_secs * 1e6) as i64;
-        sqlx::query(
-            "UPDATE incident_rule_state SET active = TRUE, updated_at = clock_timestamp() \
-             WHERE rule_id = $1 AND vehicle_id = $2",
-        )
-        .bind(rule_id)
-        .bind(&vehicle)
-        .execute(&mut *tx)
-        .await?;
+        store::mark_link_lost(&mut tx, rule_id, &vehicle).await?;
         let last = chrono::DateTime::from_timestamp_micros(last_seen).unwrap_or_default();
         store::trigger(
             &mut tx,
