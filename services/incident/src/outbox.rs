@@ -109,6 +109,14 @@ impl Publisher {
         let wake = self.listen().await?;
         let result = self.publish(&mut conn, shutdown).await;
         wake.abort();
+        // Unlock before closing: the server ends a closed session's backend
+        // (and with it the lock) only some moments later, and a successor
+        // should not wait for that. On a broken connection this fails, and
+        // the session is gone anyway.
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PUBLISHER_LOCK)
+            .execute(&mut conn)
+            .await;
         let _ = conn.close().await;
         result
     }
