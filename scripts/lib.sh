@@ -303,7 +303,7 @@ ensure_inference_venv() {
         "$venv/bin/pip" install --quiet --disable-pip-version-check "${INFERENCE_PIP_PACKAGES[@]}" \
             || die "pip install ${INFERENCE_PIP_PACKAGES[*]} failed; see the output above"
     fi
-    lib="$(ls "$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n 1)"
+    lib="$(find "$venv"/lib/python3*/site-packages/onnxruntime/capi -name 'libonnxruntime.so.*' 2>/dev/null | head -n 1)"
     [[ -n "$lib" ]] || die "no libonnxruntime.so.* under $venv; remove $venv and run again"
     export ORT_DYLIB_PATH="$lib"
 }

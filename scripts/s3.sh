@@ -15,7 +15,7 @@ VERSITYGW_VERSION=v1.8.0
 # The first build takes about two minutes on two cores from a clean module
 # cache; afterwards this only reads the binary's embedded module version.
 ensure_s3_server() {
-    local root="$1" bindir="$1/.fleetwatch/bin" bin
+    local bindir="$1/.fleetwatch/bin" bin
     bin="$bindir/versitygw"
     if ! _s3_server_current "$bin"; then
         command -v go >/dev/null 2>&1 \
@@ -33,5 +33,5 @@ ensure_s3_server() {
 # module version (Go embeds it), so bumping VERSITYGW_VERSION rebuilds.
 _s3_server_current() {
     [[ -x "$1" ]] && command -v go >/dev/null 2>&1 \
-        && go version -m "$1" 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+$VERSITYGW_MODULE[[:space:]]+$VERSITYGW_VERSION([[:space:]]|$)"
+        && go version -m "$1" 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+${VERSITYGW_MODULE}[[:space:]]+${VERSITYGW_VERSION}([[:space:]]|$)"
 }
