@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use fleetwatch_common::config::Validate;
-use fleetwatch_common::{AdminConfig, LogConfig};
+use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
 use fleetwatch_db::DbConfig;
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin server (`/metrics`, `/healthz`, `/readyz`).
     pub admin: AdminConfig,
+    /// Drain time limit (`shutdown.grace_ms`).
+    pub shutdown: ShutdownConfig,
     /// Broker connection and producer tuning.
     pub kafka: KafkaConfig,
     /// Topic names produced to (telemetry, frames, detections).
@@ -46,6 +48,7 @@ impl Default for Config {
         Self {
             log: LogConfig::default(),
             admin: AdminConfig::on_port(9601),
+            shutdown: ShutdownConfig::default(),
             kafka: KafkaConfig::default(),
             topics: TopicNames::default(),
             database: DbConfig::default(),
@@ -333,6 +336,7 @@ fn valid_filter(f: &str) -> Result<(), String> {
 impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut errs = self.kafka.validate();
+        errs.extend(self.shutdown.validate());
         if self.database.url.trim().is_empty() {
             errs.push("database.url: must not be empty".into());
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleetwatch_common::{Readiness, Shutdown};
+use fleetwatch_common::{Readiness, Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::Producer;
 use fleetwatch_proto::v1::ingest_service_server::IngestServiceServer;
 use fleetwatch_proto::v1::persistence_query_client::PersistenceQueryClient;
@@ -30,9 +30,6 @@ pub use config::Config;
 
 /// Kafka client id of the producer.
 pub const CLIENT_ID: &str = "fleetwatch-ingest";
-
-/// How long shutdown waits for queued records to be acknowledged.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a request handler needs, shared by HTTP, gRPC and MQTT.
 pub struct App {
@@ -47,8 +44,14 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub readiness: Readiness,
     /// Subscriptions granted by the MQTT broker so far (None: bridge disabled).
     pub mqtt_subscribed: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The supervisor's tasks by name (fault-injection tests abort one).
+    pub tasks: TaskControl,
+    /// Ends once the drain finished: HTTP, gRPC and MQTT stopped, the
+    /// producer flushed, the admin server stopped and the pool closed; an
+    /// error if a task ended on its own or the drain outran `shutdown.grace_ms`.
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -67,7 +70,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .timeout(timeout)
         .connect_lazy();
     let app = Arc::new(App {
-        auth: auth::Authenticator::new(pool, &config.auth, config.limits.retry_after_secs),
+        auth: auth::Authenticator::new(pool.clone(), &config.auth, config.limits.retry_after_secs),
         sink: sink::Sink::new(
             producer.clone(),
             config.topics.clone(),
@@ -79,18 +82,23 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     });
 
     let readiness = Readiness::default();
-    let (admin_addr, admin) =
-        fleetwatch_common::admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+    let mut sup = Supervisor::new("ingest", &config.shutdown, shutdown, readiness.clone());
+    let (admin_addr, admin) = fleetwatch_common::admin::serve(
+        &config.admin,
+        readiness.clone(),
+        sup.stop_token(Stage::Servers),
+    )
+    .await?;
+    sup.spawn(Stage::Servers, "admin server", |_| admin);
 
     let http_listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot bind the HTTP API on {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
     let router = http::router(app.clone());
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
+    sup.spawn(Stage::Intake, "http server", |stop| async move {
         axum::serve(http_listener, router)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .with_graceful_shutdown(stop.cancelled_owned())
             .await
             .context("http server")
     });
@@ -106,53 +114,57 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         + config::RECORD_HEADROOM_BYTES as usize;
     let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone()))
         .max_decoding_message_size(max_message);
-    let grpc = tokio::spawn(fleetwatch_common::grpc::serve(
-        grpc_listener,
-        ingest,
-        shutdown.clone(),
-    ));
+    sup.spawn(Stage::Intake, "grpc server", |stop| {
+        fleetwatch_common::grpc::serve(grpc_listener, ingest, stop)
+    });
 
-    let (mqtt, mqtt_subscribed) = if config.mqtt.enabled {
-        // The bridge owns readiness: ready while the broker has it logged in and subscribed.
+    let mqtt_subscribed = if config.mqtt.enabled {
+        // Ready while the broker has the bridge logged in and subscribed.
         let (h, s) = mqtt::start(
             app.clone(),
             config.mqtt.clone(),
             config.kafka.producer.max_message_bytes,
-            readiness.clone(),
-            shutdown.clone(),
+            readiness.part("mqtt"),
+            sup.stop_token(Stage::Intake),
         )
         .context("mqtt bridge")?;
-        (Some(h), Some(s))
+        sup.spawn(Stage::Intake, "mqtt bridge", |_| h);
+        Some(s)
     } else {
-        readiness.set(true);
-        (None, None)
+        None
     };
+    // Records are acknowledged to vehicles only after Kafka did, so what is
+    // still queued here was never acknowledged: flushing is a courtesy.
+    sup.on_drain_blocking(Stage::Producers, "flush the producer", move |left| {
+        producer
+            .flush(left)
+            .context("records not acknowledged by kafka before shutdown")
+    });
+    // Every request authenticates against the database: without it, not ready.
+    let database = readiness.part("database");
+    let p = pool.clone();
+    sup.spawn(Stage::Servers, "database readiness", |stop| {
+        fleetwatch_db::watch_readiness(p, database, stop)
+    });
+    sup.on_drain(
+        Stage::Pools,
+        "close the database pool",
+        move |_| async move {
+            pool.close().await;
+            Ok(())
+        },
+    );
 
     tracing::info!(%http_addr, %grpc_addr, %admin_addr, mqtt = config.mqtt.enabled, "ingest started");
-
-    let handle = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        readiness.set(false);
-        let (h, g) = tokio::join!(http, grpc);
-        if let Some(m) = mqtt {
-            let _ = m.await;
-        }
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await;
-        if let Ok(Err(e)) = flushed {
-            tracing::warn!(error = %e, "records not acknowledged by kafka before shutdown");
-        }
-        let _ = admin.await;
-        h??;
-        g??;
-        tracing::info!("ingest stopped");
-        Ok(())
-    });
+    let tasks = sup.control();
     Ok(Running {
         http_addr,
         grpc_addr,
         admin_addr,
+        readiness,
         mqtt_subscribed,
-        handle,
+        tasks,
+        handle: sup.start(),
     })
 }
 
