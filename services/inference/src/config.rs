@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use fleetwatch_common::config::Validate;
-use fleetwatch_common::{AdminConfig, LogConfig};
+use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
 use fleetwatch_objectstore::ObjectStoreConfig;
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Admin server (`/metrics`, `/healthz`, `/readyz`), default port 9603.
     pub admin: AdminConfig,
+    /// Drain time limit (`shutdown.grace_ms`).
+    pub shutdown: ShutdownConfig,
     /// Broker connection and consumer tuning. `kafka.consumer.group_id`
     /// defaults to `fleetwatch-inference`; `kafka.consumer.batch_max_records`
     /// and `batch_max_wait_ms` bound how many frames one handler call takes.
@@ -42,6 +44,7 @@ impl Default for Config {
         Self {
             log: LogConfig::default(),
             admin: AdminConfig::on_port(9603),
+            shutdown: ShutdownConfig::default(),
             kafka,
             topics: TopicNames::default(),
             grpc: GrpcConfig::default(),
@@ -206,6 +209,7 @@ impl Default for PipelineConfig {
 impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut errs = self.kafka.validate();
+        errs.extend(self.shutdown.validate());
         if self.kafka.consumer.group_id.trim().is_empty() {
             errs.push("kafka.consumer.group_id: must not be empty".into());
         }

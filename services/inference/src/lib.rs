@@ -17,11 +17,10 @@ pub mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use fleetwatch_common::Shutdown;
 use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
 use fleetwatch_proto::v1::inference_service_server::InferenceServiceServer;
 use tokio::task::JoinHandle;
@@ -36,8 +35,11 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub readiness: Readiness,
     pub pipeline: Arc<Pipeline>,
-    /// Ends once the consumer finished its in-flight batch, producers are
-    /// flushed and the servers stopped.
+    /// The supervisor's tasks by name (fault-injection tests abort one).
+    pub tasks: TaskControl,
+    /// Ends once the drain finished: the consumer committed, producers
+    /// flushed and the servers stopped; an error if a task ended on its own
+    /// or the drain outran `shutdown.grace_ms`.
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -77,8 +79,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     .with_context(|| format!("cannot consume {}", config.topics.frames))?;
 
     let readiness = Readiness::default();
-    let (admin_addr, admin_task) =
-        admin::serve(&config.admin, readiness.clone(), shutdown.clone()).await?;
+    let mut sup = Supervisor::new("inference", &config.shutdown, shutdown, readiness.clone());
+    let (admin_addr, admin_task) = admin::serve(
+        &config.admin,
+        readiness.clone(),
+        sup.stop_token(Stage::Servers),
+    )
+    .await?;
+    sup.spawn(Stage::Servers, "admin server", |_| admin_task);
     let listener = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
@@ -93,47 +101,42 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             .saturating_mul(1000),
         publish_empty: config.pipeline.publish_empty,
     };
-    let consumer_task = tokio::spawn(consumer.run(handler, shutdown.clone()));
-    let watch_task = tokio::spawn(loader.watch(pipeline.clone(), marker, shutdown.clone()));
-    let grpc_task = tokio::spawn(fleetwatch_common::grpc::serve(
-        listener,
-        // Frames arrive whole in one Detect call.
-        InferenceServiceServer::new(grpc::Service {
-            pipeline: pipeline.clone(),
-            producer: producer.clone(),
-            detections_topic: config.topics.detections.clone(),
-        })
-        .max_decoding_message_size(64 * 1024 * 1024),
-        shutdown.clone(),
-    ));
-    readiness.set(true);
+    sup.spawn(Stage::Consumers, "frames consumer", |stop| {
+        consumer.run(handler, stop)
+    });
+    let p = producer.clone();
+    sup.on_drain_blocking(Stage::Producers, "flush the producers", move |left| {
+        let a = p.flush(left);
+        let b = dlq.flush(left);
+        a.and(b).context("producers did not flush in time")
+    });
+    // With polling off the watch has nothing to do, and a task that ends is a failure.
+    if config.model.poll_interval_secs > 0 {
+        let watched = pipeline.clone();
+        sup.spawn(Stage::Servers, "model watch", |stop| {
+            loader.watch(watched, marker, stop)
+        });
+    }
+    // Frames arrive whole in one Detect call.
+    let api = InferenceServiceServer::new(grpc::Service {
+        pipeline: pipeline.clone(),
+        producer,
+        detections_topic: config.topics.detections.clone(),
+    })
+    .max_decoding_message_size(64 * 1024 * 1024);
+    sup.spawn(Stage::Servers, "grpc server", |stop| {
+        fleetwatch_common::grpc::serve(listener, api, stop)
+    });
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, frames = %config.topics.frames,
         detections = %config.topics.detections, "inference started");
-
-    let ready = readiness.clone();
-    let handle = tokio::spawn(async move {
-        consumer_task.await.context("the consumer task failed")?;
-        ready.set(false);
-        let flushed = tokio::task::spawn_blocking(move || {
-            let a = producer.flush(Duration::from_secs(10));
-            let b = dlq.flush(Duration::from_secs(10));
-            a.and(b)
-        })
-        .await;
-        if let Ok(Err(e)) = flushed {
-            tracing::warn!(error = %e, "producers did not flush in time");
-        }
-        let grpc = grpc_task.await.context("the gRPC server task failed")?;
-        let _ = watch_task.await;
-        let _ = admin_task.await;
-        grpc
-    });
+    let tasks = sup.control();
     Ok(Running {
         grpc_addr,
         admin_addr,
         readiness,
         pipeline,
-        handle,
+        tasks,
+        handle: sup.start(),
     })
 }
 
