@@ -1,11 +1,13 @@
-//! The `IncidentService` gRPC API. One mapping from store errors to gRPC
-//! codes: NotFound, FailedPrecondition (illegal lifecycle transitions),
-//! InvalidArgument (naming the field), AlreadyExists, Unavailable.
+//! The `IncidentService` gRPC API. One mapping from store errors to the
+//! shared error codes: NotFound, FailedPrecondition (illegal lifecycle
+//! transitions), InvalidArgument (naming the field), AlreadyExists,
+//! Unavailable; the table in `fleetwatch_common::error` makes them gRPC codes.
 // tonic::Status is large; these helpers return it like tonic's handlers do.
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 
+use fleetwatch_common::error::{ApiError, ErrorCode};
 use fleetwatch_proto::v1 as pb;
 use fleetwatch_proto::v1::incident_service_server::IncidentService;
 use sqlx::PgPool;
@@ -13,7 +15,6 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::engine::RulesCache;
-use crate::metrics;
 use crate::rules::{Params, Rule};
 use crate::store::{self, OperatorAction, StoreError};
 
@@ -24,53 +25,48 @@ pub struct Api {
     pub retention_days: u32,
 }
 
-fn status(e: StoreError) -> Status {
+fn status(e: StoreError) -> ApiError {
     match e {
-        StoreError::NotFound(_) | StoreError::RuleNotFound(_) => Status::not_found(e.to_string()),
-        StoreError::Precondition(m) => Status::failed_precondition(m),
-        StoreError::Conflict(m) if m.starts_with("rule.name") => Status::already_exists(m),
-        StoreError::Conflict(m) => Status::invalid_argument(m),
+        StoreError::NotFound(_) | StoreError::RuleNotFound(_) => ApiError::not_found(e.to_string()),
+        StoreError::Precondition(m) => ApiError::new(ErrorCode::FailedPrecondition, m),
+        StoreError::Conflict(m) if m.starts_with("rule.name") => {
+            ApiError::new(ErrorCode::AlreadyExists, m)
+        }
+        StoreError::Conflict(m) => ApiError::invalid_argument(m),
         StoreError::Db(e) => {
             tracing::warn!(error = %e, "database error serving the incident api");
-            Status::unavailable(format!("database unavailable: {e}"))
+            ApiError::unavailable(format!("database unavailable: {e}"))
         }
     }
 }
 
-fn db(e: sqlx::Error) -> Status {
+fn db(e: sqlx::Error) -> ApiError {
     status(StoreError::Db(e))
 }
 
-/// Counts the call by method and code.
-fn done<T>(method: &'static str, r: Result<T, Status>) -> Result<Response<T>, Status> {
-    let code = match &r {
-        Ok(_) => "Ok".to_string(),
-        Err(s) => format!("{:?}", s.code()),
-    };
-    metrics::GRPC_REQUESTS
-        .with_label_values(&[method, &code])
-        .inc();
-    r.map(Response::new)
+/// The handler's answer; calls are counted by the server's shared layer.
+fn done<T>(r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
 }
 
-fn need_id(field: &str, id: i64) -> Result<i64, Status> {
+fn need_id(field: &str, id: i64) -> Result<i64, ApiError> {
     if id <= 0 {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::invalid_argument(format!(
             "{field}: must be a positive incident id"
         )));
     }
     Ok(id)
 }
 
-fn need_actor(actor: &str) -> Result<&str, Status> {
+fn need_actor(actor: &str) -> Result<&str, ApiError> {
     let a = actor.trim();
     if a.is_empty() {
-        return Err(Status::invalid_argument(
+        return Err(ApiError::invalid_argument(
             "actor: must name who acts (a user name)",
         ));
     }
     if a.len() > 128 {
-        return Err(Status::invalid_argument("actor: at most 128 characters"));
+        return Err(ApiError::invalid_argument("actor: at most 128 characters"));
     }
     Ok(a)
 }
@@ -83,8 +79,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// A rule from the API, validated; errors name the field.
-fn rule_from_proto(r: Option<&pb::Rule>, need_id: bool) -> Result<Rule, Status> {
-    let r = r.ok_or_else(|| Status::invalid_argument("rule: must be set"))?;
+fn rule_from_proto(r: Option<&pb::Rule>, need_id: bool) -> Result<Rule, ApiError> {
+    let r = r.ok_or_else(|| ApiError::invalid_argument("rule: must be set"))?;
     let mut errs = Vec::new();
     if need_id && r.id <= 0 {
         errs.push("rule.id: must be the id of the rule to update".to_string());
@@ -124,17 +120,17 @@ fn rule_from_proto(r: Option<&pb::Rule>, need_id: bool) -> Result<Rule, Status> 
             created_us: 0,
             updated_us: 0,
         }),
-        _ => Err(Status::invalid_argument(errs.join("; "))),
+        _ => Err(ApiError::invalid_argument(errs.join("; "))),
     }
 }
 
 impl Api {
-    async fn incident(&self, row: store::IncidentRow) -> Result<pb::Incident, Status> {
+    async fn incident(&self, row: store::IncidentRow) -> Result<pb::Incident, ApiError> {
         let clips = store::clip_keys(&self.pool, row.id).await.map_err(db)?;
         Ok(row.to_proto(clips))
     }
 
-    async fn act(&self, id: i64, actor: &str, a: OperatorAction) -> Result<pb::Incident, Status> {
+    async fn act(&self, id: i64, actor: &str, a: OperatorAction) -> Result<pb::Incident, ApiError> {
         let row = store::act(&self.pool, id, actor, &a, self.retention_days)
             .await
             .map_err(status)?;
@@ -158,10 +154,12 @@ impl IncidentService for Api {
         let r = async {
             let q = req.into_inner();
             if q.limit > 1000 {
-                return Err(Status::invalid_argument("limit: at most 1000"));
+                return Err(ApiError::invalid_argument("limit: at most 1000"));
             }
             if q.before_id < 0 {
-                return Err(Status::invalid_argument("before_id: must not be negative"));
+                return Err(ApiError::invalid_argument(
+                    "before_id: must not be negative",
+                ));
             }
             let mut statuses = Vec::new();
             for s in &q.statuses {
@@ -170,7 +168,7 @@ impl IncidentService for Api {
                     Ok(pb::IncidentStatus::Acknowledged) => statuses.push("acknowledged".into()),
                     Ok(pb::IncidentStatus::Resolved) => statuses.push("resolved".into()),
                     _ => {
-                        return Err(Status::invalid_argument(format!(
+                        return Err(ApiError::invalid_argument(format!(
                             "statuses: {s} is not a status"
                         )));
                     }
@@ -179,7 +177,7 @@ impl IncidentService for Api {
             let min_severity = match pb::Severity::try_from(q.min_severity) {
                 Ok(pb::Severity::Unspecified) => None,
                 Ok(s) => Some(s as i16),
-                Err(_) => return Err(Status::invalid_argument("min_severity: not a severity")),
+                Err(_) => return Err(ApiError::invalid_argument("min_severity: not a severity")),
             };
             let limit = if q.limit == 0 {
                 100
@@ -214,7 +212,7 @@ impl IncidentService for Api {
             })
         }
         .await;
-        done("ListIncidents", r)
+        done(r)
     }
 
     async fn get_incident(
@@ -226,7 +224,7 @@ impl IncidentService for Api {
             let row = store::get(&self.pool, id)
                 .await
                 .map_err(db)?
-                .ok_or_else(|| Status::not_found(format!("incident {id} not found")))?;
+                .ok_or_else(|| ApiError::not_found(format!("incident {id} not found")))?;
             let audit = store::audit(&self.pool, id).await.map_err(db)?;
             Ok(pb::IncidentDetail {
                 incident: Some(self.incident(row).await?),
@@ -234,7 +232,7 @@ impl IncidentService for Api {
             })
         }
         .await;
-        done("GetIncident", r)
+        done(r)
     }
 
     async fn acknowledge_incident(
@@ -255,7 +253,7 @@ impl IncidentService for Api {
             .await
         }
         .await;
-        done("AcknowledgeIncident", r)
+        done(r)
     }
 
     async fn assign_incident(
@@ -267,7 +265,9 @@ impl IncidentService for Api {
             let id = need_id("incident_id", q.incident_id)?;
             let actor = need_actor(&q.actor)?;
             if q.assignee.len() > 128 {
-                return Err(Status::invalid_argument("assignee: at most 128 characters"));
+                return Err(ApiError::invalid_argument(
+                    "assignee: at most 128 characters",
+                ));
             }
             self.act(
                 id,
@@ -279,7 +279,7 @@ impl IncidentService for Api {
             .await
         }
         .await;
-        done("AssignIncident", r)
+        done(r)
     }
 
     async fn comment_incident(
@@ -291,10 +291,10 @@ impl IncidentService for Api {
             let id = need_id("incident_id", q.incident_id)?;
             let actor = need_actor(&q.actor)?;
             if q.text.trim().is_empty() {
-                return Err(Status::invalid_argument("text: must not be empty"));
+                return Err(ApiError::invalid_argument("text: must not be empty"));
             }
             if q.text.len() > 10_000 {
-                return Err(Status::invalid_argument("text: at most 10000 bytes"));
+                return Err(ApiError::invalid_argument("text: at most 10000 bytes"));
             }
             self.act(
                 id,
@@ -306,7 +306,7 @@ impl IncidentService for Api {
             .await
         }
         .await;
-        done("CommentIncident", r)
+        done(r)
     }
 
     async fn resolve_incident(
@@ -327,7 +327,7 @@ impl IncidentService for Api {
             .await
         }
         .await;
-        done("ResolveIncident", r)
+        done(r)
     }
 
     async fn list_rules(
@@ -351,7 +351,7 @@ impl IncidentService for Api {
             })
         }
         .await;
-        done("ListRules", r)
+        done(r)
     }
 
     async fn create_rule(
@@ -368,7 +368,7 @@ impl IncidentService for Api {
             Ok(created.to_proto())
         }
         .await;
-        done("CreateRule", r)
+        done(r)
     }
 
     async fn update_rule(
@@ -385,7 +385,7 @@ impl IncidentService for Api {
             Ok(updated.to_proto())
         }
         .await;
-        done("UpdateRule", r)
+        done(r)
     }
 
     async fn disable_rule(
@@ -395,7 +395,7 @@ impl IncidentService for Api {
         let q = req.into_inner();
         let r = async {
             if q.id <= 0 {
-                return Err(Status::invalid_argument("id: must be a positive rule id"));
+                return Err(ApiError::invalid_argument("id: must be a positive rule id"));
             }
             let rule = store::disable_rule(&self.pool, q.id)
                 .await
@@ -404,6 +404,6 @@ impl IncidentService for Api {
             Ok(rule.to_proto())
         }
         .await;
-        done("DisableRule", r)
+        done(r)
     }
 }

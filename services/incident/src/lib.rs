@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::grpc::RequestMetrics;
 use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
 use fleetwatch_proto::v1::incident_service_server::IncidentServiceServer;
@@ -175,7 +176,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         retention_days: config.evidence.retention_days,
     });
     sup.spawn(Stage::Servers, "grpc server", |stop| {
-        fleetwatch_common::grpc::serve(listener, api, stop)
+        let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
+        fleetwatch_common::grpc::serve(listener, requests.wrap(api), stop)
     });
     sup.on_drain(
         Stage::Pools,
