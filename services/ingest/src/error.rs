@@ -1,26 +1,14 @@
-//! The one error type of the request paths and its single mapping to HTTP
-//! status / gRPC code, so HTTP, gRPC and MQTT agree on what went wrong.
+//! The one error type of the request paths. Each kind names its row of the
+//! shared error table (`fleetwatch_common::error`), which alone decides the
+//! HTTP status, gRPC code and body, so HTTP, gRPC and MQTT agree on what went
+//! wrong.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use fleetwatch_common::error::{ApiError, ErrorCode};
 use fleetwatch_kafka::ProduceError;
-use serde::Serialize;
 
-/// One rejected field: where (`[3].lat`, `detections[0].bbox`) and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
+pub use fleetwatch_common::error::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -57,12 +45,6 @@ pub enum IngestError {
     Internal(String),
 }
 
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
 impl IngestError {
     pub fn invalid(code: &'static str, details: Vec<FieldError>) -> Self {
         let message = match details.as_slice() {
@@ -94,45 +76,34 @@ impl IngestError {
         }
     }
 
+    /// The row of the shared error table this kind answers with.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::Malformed { .. } | Self::Invalid { .. } => ErrorCode::InvalidArgument,
+            Self::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Unavailable { .. } => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
     /// Machine-readable code; also the bounded `reason` label of the rejection metric.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Unauthenticated(_) => "unauthenticated",
-            Self::Forbidden(_) => "forbidden",
             Self::Malformed { code, .. } | Self::Invalid { code, .. } => code,
-            Self::TooLarge(_) => "payload_too_large",
-            Self::UnsupportedMediaType(_) => "unsupported_media_type",
-            Self::NotFound(_) => "not_found",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Internal(_) => "internal",
+            _ => self.error_code().label(),
         }
     }
 
     pub fn http_status(&self) -> StatusCode {
-        match self {
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Malformed { .. } | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.error_code().http_status()
     }
 
     pub fn grpc_code(&self) -> tonic::Code {
-        match self {
-            Self::Unauthenticated(_) => tonic::Code::Unauthenticated,
-            Self::Forbidden(_) => tonic::Code::PermissionDenied,
-            Self::Malformed { .. }
-            | Self::Invalid { .. }
-            | Self::TooLarge(_)
-            | Self::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
-            Self::NotFound(_) => tonic::Code::NotFound,
-            Self::Unavailable { .. } => tonic::Code::Unavailable,
-            Self::Internal(_) => tonic::Code::Internal,
-        }
+        self.error_code().grpc_code()
     }
 
     /// Whether sending the same data again later may succeed.
@@ -148,58 +119,41 @@ impl IngestError {
         }
     }
 
+    /// The answer on every edge (HTTP, gRPC), built by the shared table.
+    pub fn api(&self) -> ApiError {
+        let e = ApiError::new(self.error_code(), self.to_string())
+            .with_reason(self.code())
+            .with_details(self.details());
+        match self {
+            Self::Unavailable {
+                retry_after_secs, ..
+            } => e.with_retry_after(*retry_after_secs),
+            _ => e,
+        }
+    }
+
     /// The JSON error body: `{"error":{"code","message","details":[{"field","reason"}]}}`.
     pub fn body(&self) -> serde_json::Value {
-        let mut e = serde_json::json!({ "code": self.code(), "message": self.to_string() });
-        let details = self.details();
-        if !details.is_empty() {
-            e["details"] = serde_json::json!(details);
-        }
-        if let Self::Unavailable {
-            retry_after_secs, ..
-        } = self
-        {
-            e["retry_after_secs"] = serde_json::json!(retry_after_secs);
-        }
-        serde_json::json!({ "error": e })
+        self.api().body()
     }
 }
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
-        let mut resp = (self.http_status(), axum::Json(self.body())).into_response();
-        if let Self::Unavailable {
-            retry_after_secs, ..
-        } = &self
-        {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-        }
-        if let Self::Unauthenticated(_) = &self {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
+        self.api().into_response()
     }
 }
 
 impl From<IngestError> for tonic::Status {
     fn from(e: IngestError) -> Self {
-        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
-        if let IngestError::Unavailable {
-            retry_after_secs, ..
-        } = &e
-            && let Ok(v) = retry_after_secs.to_string().parse()
-        {
-            status.metadata_mut().insert("retry-after", v);
-        }
-        status
+        e.api().into()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     #[test]
     fn one_mapping_for_every_kind() {

@@ -35,8 +35,9 @@ impl IngestGrpc {
     }
 }
 
-/// Runs one call inside a span (child of the caller's `traceparent`), counts it
-/// and maps the error.
+/// Runs one call inside a span (child of the caller's `traceparent`), counts a
+/// rejection by its reason and maps the error; the request itself is counted
+/// by the server's shared layer.
 async fn call<T>(
     method: &'static str,
     metadata: &MetadataMap,
@@ -47,18 +48,11 @@ async fn call<T>(
         fleetwatch_common::telemetry::set_remote_parent(&span, tp);
     }
     let r = f.instrument(span).await;
-    let code = match &r {
-        Ok(_) => tonic::Code::Ok,
-        Err(e) => {
-            metrics::REJECTIONS
-                .with_label_values(&["grpc", e.code()])
-                .inc();
-            e.grpc_code()
-        }
-    };
-    metrics::REQUESTS
-        .with_label_values(&["grpc", method, &format!("{code:?}")])
-        .inc();
+    if let Err(e) = &r {
+        metrics::REJECTIONS
+            .with_label_values(&["grpc", e.code()])
+            .inc();
+    }
     r.map(Response::new).map_err(Status::from)
 }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fleetwatch_common::grpc::RequestMetrics;
 use fleetwatch_common::{Readiness, Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::Producer;
 use fleetwatch_proto::v1::ingest_service_server::IngestServiceServer;
@@ -115,7 +116,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone()))
         .max_decoding_message_size(max_message);
     sup.spawn(Stage::Intake, "grpc server", |stop| {
-        fleetwatch_common::grpc::serve(grpc_listener, ingest, stop)
+        let requests = RequestMetrics::with_leading_labels(&metrics::REQUESTS, &["grpc"]);
+        fleetwatch_common::grpc::serve(grpc_listener, requests.wrap(ingest), stop)
     });
 
     let mqtt_subscribed = if config.mqtt.enabled {
