@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use fleetwatch_common::error::{ApiError, ErrorCode};
 use fleetwatch_kafka::{OutRecord, Producer};
 use fleetwatch_proto::message_types;
 use fleetwatch_proto::v1::inference_service_server::InferenceService;
 use fleetwatch_proto::v1::{DetectRequest, DetectResponse, GetModelRequest, ModelStatus};
 use prost::Message as _;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::consumer::detection_batch;
-use crate::metrics;
 use crate::pipeline::{DetectError, Pipeline, WhenFull};
 use crate::preprocess;
 
@@ -31,36 +31,23 @@ pub fn valid_vehicle_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
 }
 
-// Passes the result through unchanged; Status's size is tonic's choice.
-#[allow(clippy::result_large_err)]
-fn count<T>(method: &str, r: Result<T, Status>) -> Result<T, Status> {
-    let code = match &r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    };
-    metrics::GRPC_REQUESTS
-        .with_label_values(&[method, &format!("{code:?}")])
-        .inc();
-    r
-}
-
 impl Service {
-    async fn detect_inner(&self, req: DetectRequest) -> Result<DetectResponse, Status> {
+    async fn detect_inner(&self, req: DetectRequest) -> Result<DetectResponse, ApiError> {
         preprocess::check_content_type(&req.content_type)
-            .map_err(|e| Status::invalid_argument(format!("content_type: {e}")))?;
+            .map_err(|e| ApiError::invalid_argument(format!("content_type: {e}")))?;
         if !req.vehicle_id.is_empty() && !valid_vehicle_id(&req.vehicle_id) {
-            return Err(Status::invalid_argument(format!(
+            return Err(ApiError::invalid_argument(format!(
                 "vehicle_id: {:?} is not a valid vehicle id",
                 req.vehicle_id
             )));
         }
         if req.publish && req.vehicle_id.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(ApiError::invalid_argument(
                 "vehicle_id: required when publish is set",
             ));
         }
         if req.time_unix_us < 0 {
-            return Err(Status::invalid_argument(
+            return Err(ApiError::invalid_argument(
                 "time_unix_us: must not be negative",
             ));
         }
@@ -74,12 +61,13 @@ impl Service {
             .detect(req.image, WhenFull::Refuse)
             .await
             .map_err(|e| match e {
-                DetectError::Frame(e) => Status::invalid_argument(format!("image: {e}")),
-                DetectError::Busy => {
-                    Status::resource_exhausted("the inference queue is full; retry later")
-                }
-                DetectError::Model(e) => Status::unavailable(e.to_string()),
-                DetectError::Closed => Status::unavailable("the service is shutting down"),
+                DetectError::Frame(e) => ApiError::invalid_argument(format!("image: {e}")),
+                DetectError::Busy => ApiError::new(
+                    ErrorCode::ResourceExhausted,
+                    "the inference queue is full; retry later",
+                ),
+                DetectError::Model(e) => ApiError::unavailable(e.to_string()),
+                DetectError::Closed => ApiError::unavailable("the service is shutting down"),
             })?;
         let batch = detection_batch(
             &req.vehicle_id,
@@ -103,9 +91,9 @@ impl Service {
                 .await
                 .map_err(|e| {
                     if e.is_retryable() {
-                        Status::unavailable(format!("detections not acknowledged by Kafka: {e}"))
+                        ApiError::unavailable(format!("detections not acknowledged by Kafka: {e}"))
                     } else {
-                        Status::internal(format!("detections cannot be produced: {e}"))
+                        ApiError::internal(format!("detections cannot be produced: {e}"))
                     }
                 })?;
         }
@@ -124,7 +112,7 @@ impl InferenceService for Service {
         request: Request<DetectRequest>,
     ) -> Result<Response<DetectResponse>, Status> {
         let r = self.detect_inner(request.into_inner()).await;
-        count("Detect", r).map(Response::new)
+        r.map(Response::new).map_err(Status::from)
     }
 
     async fn get_model(
@@ -141,7 +129,7 @@ impl InferenceService for Service {
             class_names: m.info.names.clone(),
             loaded_unix_us: m.loaded_unix_us,
         };
-        count("GetModel", Ok(Response::new(status)))
+        Ok(Response::new(status))
     }
 }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::grpc::RequestMetrics;
 use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
 use fleetwatch_proto::v1::inference_service_server::InferenceServiceServer;
@@ -125,7 +126,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     })
     .max_decoding_message_size(64 * 1024 * 1024);
     sup.spawn(Stage::Servers, "grpc server", |stop| {
-        fleetwatch_common::grpc::serve(listener, api, stop)
+        let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
+        fleetwatch_common::grpc::serve(listener, requests.wrap(api), stop)
     });
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, frames = %config.topics.frames,
         detections = %config.topics.detections, "inference started");
