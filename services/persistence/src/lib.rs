@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::grpc::RequestMetrics;
 use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
 use fleetwatch_proto::v1::persistence_query_server::PersistenceQueryServer;
@@ -125,7 +126,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         store,
     });
     sup.spawn(Stage::Servers, "grpc server", |stop| {
-        fleetwatch_common::grpc::serve(listener, api, stop)
+        let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
+        fleetwatch_common::grpc::serve(listener, requests.wrap(api), stop)
     });
     sup.on_drain(
         Stage::Pools,

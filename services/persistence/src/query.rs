@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use fleetwatch_common::error::{ApiError, ErrorCode};
 use fleetwatch_proto::v1::persistence_query_server::PersistenceQuery;
 use fleetwatch_proto::v1::{
     BoundingBox, Detection, DetectionsRequest, DetectionsResponse, FieldStats, FramesRequest,
@@ -17,7 +18,7 @@ use object_store::ObjectStore;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::{metrics, objects};
+use crate::objects;
 
 pub const DEFAULT_TELEMETRY_LIMIT: u32 = 10_000;
 pub const MAX_TELEMETRY_LIMIT: u32 = 100_000;
@@ -58,17 +59,24 @@ impl From<sqlx::Error> for QueryError {
     }
 }
 
+impl QueryError {
+    /// The row of the shared error table this kind answers with.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 impl From<QueryError> for Status {
     fn from(e: QueryError) -> Self {
-        match &e {
-            QueryError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            QueryError::NotFound(_) => Status::not_found(e.to_string()),
-            QueryError::Unavailable(_) => Status::unavailable(e.to_string()),
-            QueryError::Internal(_) => {
-                tracing::warn!(error = %e, "query failed");
-                Status::internal(e.to_string())
-            }
+        if let QueryError::Internal(_) = &e {
+            tracing::warn!(error = %e, "query failed");
         }
+        ApiError::new(e.error_code(), e.to_string()).into()
     }
 }
 
@@ -77,23 +85,11 @@ pub struct QueryService {
     pub store: Arc<dyn ObjectStore>,
 }
 
+/// The handler's answer; calls are counted by the server's shared layer.
 // tonic fixes the error type of handlers.
 #[allow(clippy::result_large_err)]
-fn finish<T>(method: &str, r: Result<T, QueryError>) -> Result<Response<T>, Status> {
-    let r = r.map(Response::new).map_err(Status::from);
-    let code = match &r {
-        Ok(_) => "ok",
-        Err(s) => match s.code() {
-            tonic::Code::InvalidArgument => "invalid_argument",
-            tonic::Code::NotFound => "not_found",
-            tonic::Code::Unavailable => "unavailable",
-            _ => "internal",
-        },
-    };
-    metrics::GRPC_REQUESTS
-        .with_label_values(&[method, code])
-        .inc();
-    r
+fn finish<T>(r: Result<T, QueryError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
 }
 
 fn time(field: &'static str, us: i64) -> Result<DateTime<Utc>, QueryError> {
@@ -495,48 +491,42 @@ impl PersistenceQuery for QueryService {
         &self,
         r: Request<GetLatestRequest>,
     ) -> Result<Response<GetLatestResponse>, Status> {
-        finish("GetLatest", self.get_latest(r.into_inner()).await)
+        finish(self.get_latest(r.into_inner()).await)
     }
 
     async fn query_telemetry(
         &self,
         r: Request<TelemetryRangeRequest>,
     ) -> Result<Response<TelemetryRangeResponse>, Status> {
-        finish("QueryTelemetry", self.query_telemetry(r.into_inner()).await)
+        finish(self.query_telemetry(r.into_inner()).await)
     }
 
     async fn query_telemetry_buckets(
         &self,
         r: Request<TelemetryBucketsRequest>,
     ) -> Result<Response<TelemetryBucketsResponse>, Status> {
-        finish(
-            "QueryTelemetryBuckets",
-            self.query_buckets(r.into_inner()).await,
-        )
+        finish(self.query_buckets(r.into_inner()).await)
     }
 
     async fn query_detections(
         &self,
         r: Request<DetectionsRequest>,
     ) -> Result<Response<DetectionsResponse>, Status> {
-        finish(
-            "QueryDetections",
-            self.query_detections(r.into_inner()).await,
-        )
+        finish(self.query_detections(r.into_inner()).await)
     }
 
     async fn query_frames(
         &self,
         r: Request<FramesRequest>,
     ) -> Result<Response<FramesResponse>, Status> {
-        finish("QueryFrames", self.query_frames(r.into_inner()).await)
+        finish(self.query_frames(r.into_inner()).await)
     }
 
     async fn get_object(
         &self,
         r: Request<GetObjectRequest>,
     ) -> Result<Response<GetObjectResponse>, Status> {
-        finish("GetObject", self.get_object(r.into_inner()).await)
+        finish(self.get_object(r.into_inner()).await)
     }
 }
 
