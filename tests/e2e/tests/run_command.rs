@@ -215,7 +215,7 @@ async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
                 let auth = auth.clone();
                 async move {
                     let (resp, code) = curl(&["-H", &auth, "http://127.0.0.1:8080/api/latest"]);
-                    (code == "200" && resp.contains(&format!("{lat}"))).then_some(resp)
+                    (code == "200" && resp.contains(&format!("\"lat\":{lat:?}"))).then_some(resp)
                 }
             },
         )
