@@ -26,7 +26,11 @@ impl Up {
         // Beside the state directory, which scripts/up creates itself.
         let output = state.with_file_name(format!("up-{round}.out"));
         let out = std::fs::File::create(&output).unwrap();
-        let child = Command::new("bash")
+        // SIGINT at its default, as in a terminal: a runner that starts us
+        // in the background without job control leaves SIGINT ignored, and
+        // bash cannot trap a signal that was ignored on entry.
+        let child = Command::new("env")
+            .args(["--default-signal=INT", "bash"])
             .arg(tk::workspace_root().join("scripts/up"))
             .env("FLEETWATCH_STATE", state)
             .env("FLEETWATCH_KAFKA_PORT", ports.kafka.to_string())
