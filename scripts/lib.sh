@@ -292,16 +292,22 @@ ensure_mosquitto() {
 # ensure_inference_venv ROOT: the Python venv the inference service needs at
 # ROOT/.fleetwatch/venv (onnxruntime, whose wheel ships libonnxruntime.so that
 # the service loads at run time; numpy, onnx and pillow for the model scripts
-# and the benchmark). Exports ORT_DYLIB_PATH to the library.
-INFERENCE_PIP_PACKAGES=("onnxruntime>=1.22,<2" numpy onnx pillow)
+# and the benchmark). Exports ORT_DYLIB_PATH to the library. The packages come
+# from the hashed lock services/inference/requirements.txt, installed with
+# --require-hashes and wheels only (an sdist would run unpinned build code);
+# the venv is brought up to date whenever the lock changes.
 ensure_inference_venv() {
-    local root="$1" venv="$1/.fleetwatch/venv" lib
-    if ! "$venv/bin/python" -c 'import onnxruntime, numpy, onnx, PIL' >/dev/null 2>&1; then
+    local root="$1" venv="$1/.fleetwatch/venv" req="$1/services/inference/requirements.txt" lock lib
+    [[ -f "$req" ]] || die "no $req"
+    lock="$(sha256sum "$req" | cut -d ' ' -f 1)"
+    if [[ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$lock" ]] \
+        || ! "$venv/bin/python" -c 'import onnxruntime, numpy, onnx, PIL' >/dev/null 2>&1; then
         command -v python3 >/dev/null 2>&1 || die "python3 is needed for the inference venv (apt-get install python3 python3-venv)"
-        log "creating the inference Python venv $venv (${INFERENCE_PIP_PACKAGES[*]})"
-        python3 -m venv "$venv" || die "cannot create $venv (apt-get install python3-venv?)"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check "${INFERENCE_PIP_PACKAGES[@]}" \
-            || die "pip install ${INFERENCE_PIP_PACKAGES[*]} failed; see the output above"
+        log "installing the inference Python venv $venv (services/inference/requirements.txt, hashes checked)"
+        [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv" || die "cannot create $venv (apt-get install python3-venv?)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes --only-binary :all: -r "$req" \
+            || die "pip install -r $req failed; see the output above"
+        printf '%s\n' "$lock" >"$venv/.requirements.sha256"
     fi
     lib="$(find "$venv"/lib/python3*/site-packages/onnxruntime/capi -name 'libonnxruntime.so.*' 2>/dev/null | head -n 1)"
     [[ -n "$lib" ]] || die "no libonnxruntime.so.* under $venv; remove $venv and run again"
