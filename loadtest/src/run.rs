@@ -194,7 +194,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         .map(|i| format!("{prefix}-{i:04}"))
         .collect();
     anyhow::ensure!(
-        ids.iter().all(|i| fleetwatch_db::valid_vehicle_id(i)),
+        ids.iter().all(|i| fleetwatch_proto::valid_vehicle_id(i)),
         "--prefix {prefix:?} does not make valid vehicle ids"
     );
     let mut groups = groups(&args.procs)?;

@@ -34,6 +34,33 @@ pub mod topics {
     }
 }
 
+/// A vehicle id as every contract uses it (record key, MQTT topic segment,
+/// object key prefix, registry row): 1 to 64 of `[A-Za-z0-9_.:-]`, starting
+/// with a letter or digit.
+pub fn valid_vehicle_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vehicle_ids() {
+        use super::valid_vehicle_id;
+        assert!(valid_vehicle_id("drone-01"));
+        assert!(valid_vehicle_id("vessel.7:a_b"));
+        assert!(!valid_vehicle_id(""));
+        assert!(!valid_vehicle_id("-x"));
+        assert!(!valid_vehicle_id("a/b"));
+        assert!(!valid_vehicle_id(&"a".repeat(65)));
+        assert!(valid_vehicle_id(&"a".repeat(64)));
+    }
+}
+
 /// Message type names carried in the `fleetwatch-type` header.
 pub mod message_types {
     pub const TELEMETRY_BATCH: &str = "fleetwatch.v1.TelemetryBatch";

@@ -3,6 +3,7 @@
 //! service answers `grpc.health.v1` and `grpcurl list` the same way.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -11,7 +12,41 @@ use tonic::codegen::Service;
 use tonic::codegen::http::{Request, Response};
 use tonic::server::NamedService;
 
+use serde::{Deserialize, Serialize};
+
 use crate::Shutdown;
+
+/// The `[grpc]` section of every service with a gRPC API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address of the gRPC server: the service's API, health, reflection
+    /// (port 0 = any free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcConfig {
+    /// Services override the port with their own (50051 ingest, 50052
+    /// persistence, 50053 inference, 50054 incident).
+    fn default() -> Self {
+        Self::on_port(0)
+    }
+}
+
+impl GrpcConfig {
+    pub fn on_port(port: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+        }
+    }
+}
+
+/// Binds the gRPC server's port, naming it in the error.
+pub async fn bind(config: &GrpcConfig) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot bind the gRPC server on {}", config.listen))
+}
 
 /// Serves `service` (already configured: message size limits and the like)
 /// on `listener`, reports it SERVING to health checks, and stops accepting

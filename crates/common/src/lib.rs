@@ -1,11 +1,12 @@
 //! Shared plumbing of every Fleetwatch service: layered config, logs/traces/
 //! metrics, the admin server (`/metrics`, `/healthz`, `/readyz`), the gRPC
-//! server setup and its request counting, the shared error codes, and the supervisor that runs and drains a service's tasks.
+//! server setup and its request counting, the shared error codes, secret types, and the supervisor that runs and drains a service's tasks.
 
 pub mod admin;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod supervisor;
@@ -14,6 +15,7 @@ pub mod telemetry;
 pub use admin::{AdminConfig, Readiness};
 pub use config::{ConfigError, Validate, load_config};
 pub use error::{ApiError, ErrorCode, FieldError};
+pub use secret::{Secret, SecretUrl};
 pub use service::service_main;
 pub use shutdown::{Shutdown, shutdown_on_signal};
 pub use supervisor::{ShutdownConfig, Stage, Supervisor, TaskControl};

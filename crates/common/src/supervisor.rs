@@ -8,15 +8,17 @@
 //! that still looks healthy to its consumers' group.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::{Readiness, Shutdown};
+use crate::{AdminConfig, Readiness, Shutdown};
 
 /// The `[shutdown]` section of every service config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +227,39 @@ impl Supervisor {
     {
         self.on_drain(stage, name, move |left| async move {
             tokio::task::spawn_blocking(move || step(left)).await?
+        });
+    }
+
+    /// Binds and serves the admin endpoints (`/metrics`, `/healthz`,
+    /// `/readyz` on this supervisor's readiness) until the servers stage.
+    pub async fn serve_admin(&mut self, config: &AdminConfig) -> anyhow::Result<SocketAddr> {
+        let (addr, task) = crate::admin::serve(
+            config,
+            self.readiness.clone(),
+            self.stop_token(Stage::Servers),
+        )
+        .await?;
+        self.spawn(Stage::Servers, "admin server", |_| task);
+        Ok(addr)
+    }
+
+    /// Serves a gRPC API (beside health and reflection, see
+    /// [`crate::grpc::serve`]) on `listener` until `stage` of the drain:
+    /// [`Stage::Servers`] for operator APIs, [`Stage::Intake`] for ingest.
+    pub fn serve_grpc<S>(&mut self, stage: Stage, listener: TcpListener, service: S)
+    where
+        S: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::BoxBody>,
+                Response = tonic::codegen::http::Response<tonic::body::BoxBody>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.spawn(stage, "grpc server", |stop| {
+            crate::grpc::serve(listener, service, stop)
         });
     }
 

@@ -9,7 +9,7 @@ pub use classify::{ErrorClass, classify, classify_sqlstate};
 
 use std::time::Duration;
 
-use fleetwatch_common::{Readiness, Shutdown};
+use fleetwatch_common::{Readiness, SecretUrl, Shutdown, Stage, Supervisor};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -58,7 +58,7 @@ impl DbError {
 #[serde(default, deny_unknown_fields)]
 pub struct DbConfig {
     /// `postgres://user@host:port/db`. The password, if any, is never logged.
-    pub url: String,
+    pub url: SecretUrl,
     pub max_connections: u32,
     pub connect_timeout_ms: u64,
 }
@@ -73,12 +73,37 @@ impl Default for DbConfig {
     }
 }
 
+impl DbConfig {
+    /// Problems with the section, as `database.<field>: reason` lines.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        match url::Url::parse(self.url.expose()) {
+            _ if self.url.expose().trim().is_empty() => {
+                errs.push("database.url: must not be empty".into())
+            }
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
+            Ok(_) => errs.push("database.url: must start with postgres://".into()),
+            // The parser's message may quote the URL, password included.
+            Err(_) => errs.push(
+                "database.url: not a URL (postgres://user:password@host:port/database)".into(),
+            ),
+        }
+        if self.max_connections == 0 {
+            errs.push("database.max_connections: must be at least 1".into());
+        }
+        if self.connect_timeout_ms == 0 {
+            errs.push("database.connect_timeout_ms: must be at least 1".into());
+        }
+        errs
+    }
+}
+
 /// Opens a pool without checking the schema (for `fleetctl migrate`).
 pub async fn connect(config: &DbConfig) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
-        .connect(&config.url)
+        .connect(config.url.expose())
         .await
         .map_err(DbError::Connect)
 }
@@ -147,15 +172,6 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-pub fn valid_vehicle_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
-}
-
 /// Registers a vehicle and returns its new bearer token (shown once).
 pub async fn add_vehicle(
     pool: &PgPool,
@@ -163,7 +179,7 @@ pub async fn add_vehicle(
     kind: &str,
     name: Option<&str>,
 ) -> Result<String, DbError> {
-    if !valid_vehicle_id(id) {
+    if !fleetwatch_proto::valid_vehicle_id(id) {
         return Err(DbError::InvalidVehicleId(id.to_string()));
     }
     let token = new_token();
@@ -224,6 +240,22 @@ fn new_token() -> String {
     format!("fw_{}", hex::encode(bytes))
 }
 
+/// Puts `pool` under the supervisor: readiness follows the database (a
+/// `"database"` part, see [`watch_readiness`]) until the servers stage, and
+/// the pool closes in the last stage, after everything that uses it.
+pub fn supervise(sup: &mut Supervisor, pool: &PgPool, readiness: &Readiness) {
+    let database = readiness.part("database");
+    let p = pool.clone();
+    sup.spawn(Stage::Servers, "database readiness", |stop| {
+        watch_readiness(p, database, stop)
+    });
+    let p = pool.clone();
+    sup.on_drain(Stage::Pools, "close the database pool", move |_| async move {
+        p.close().await;
+        Ok(())
+    });
+}
+
 /// Keeps `readiness` true while the database answers a ping (each second,
 /// 2 s timeout), so a service whose consumers are running but whose database
 /// is gone drops out of its Service until it comes back. Not ready on exit.
@@ -254,16 +286,6 @@ pub async fn watch_readiness(pool: PgPool, readiness: Readiness, shutdown: Shutd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vehicle_ids() {
-        assert!(valid_vehicle_id("drone-01"));
-        assert!(valid_vehicle_id("vessel.7:a_b"));
-        assert!(!valid_vehicle_id(""));
-        assert!(!valid_vehicle_id("-x"));
-        assert!(!valid_vehicle_id("a/b"));
-        assert!(!valid_vehicle_id(&"a".repeat(65)));
-    }
 
     #[test]
     fn tokens_are_unique_and_hashed() {

@@ -12,18 +12,7 @@ use sqlx::PgPool;
 
 use crate::cli::Global;
 
-/// The URL with any password replaced, fit for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".into(),
-    }
-}
+pub use fleetwatch_common::secret::redact_url as redact;
 
 /// `host:port` of a database URL, for "cannot reach" messages.
 pub fn server_of(url: &str) -> String {
@@ -40,7 +29,7 @@ pub fn server_of(url: &str) -> String {
 
 pub fn db_config(url: &str) -> DbConfig {
     DbConfig {
-        url: url.to_string(),
+        url: url.into(),
         max_connections: 2,
         connect_timeout_ms: 3_000,
     }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use fleetwatch_common::Secret;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +12,10 @@ pub struct KafkaConfig {
     /// Comma-separated `host:port` list of any Kafka-protocol broker.
     pub bootstrap_servers: String,
     /// Extra librdkafka properties passed through verbatim, e.g.
-    /// `security.protocol`, `sasl.mechanism`. Values are never logged.
-    pub properties: BTreeMap<String, String>,
+    /// `security.protocol`, `sasl.mechanism`. Values are never logged. Keys
+    /// that would break the delivery contract (acks, idempotence, offset
+    /// storage) or that a typed field above owns are refused at start.
+    pub properties: BTreeMap<String, Secret>,
     pub producer: ProducerConfig,
     pub consumer: ConsumerConfig,
 }
@@ -137,12 +140,50 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// Why `key` may not be set through `kafka.properties`, if it may not: the
+/// keys the delivery contract rests on (DESIGN.md "Kafka contracts") and the
+/// ones a typed field sets, so a config cannot quietly override either.
+pub fn reserved_property(key: &str) -> Option<&'static str> {
+    // librdkafka treats these names as aliases of each other.
+    Some(match key {
+        "acks" | "request.required.acks" => {
+            "refused: producers always use acks=all, which the delivery contract rests on"
+        }
+        "enable.idempotence" => {
+            "refused: set kafka.producer.idempotence instead (and leave it on outside tests)"
+        }
+        "enable.auto.offset.store" | "enable.auto.commit" | "auto.commit.enable" => {
+            "refused: offsets are stored only after the effect is durable; commit timing is kafka.consumer.commit_interval_ms"
+        }
+        "enable.partition.eof" | "transactional.id" | "isolation.level" => {
+            "refused: the consumer and producer discipline depends on its fixed value"
+        }
+        "group.id" => "refused: set the consumer group in the service's own config",
+        "bootstrap.servers" | "metadata.broker.list" => "refused: set kafka.bootstrap_servers",
+        "group.protocol" => "refused: set kafka.consumer.group_protocol",
+        "auto.offset.reset" => "refused: set kafka.consumer.auto_offset_reset",
+        "linger.ms" | "queue.buffering.max.ms" => "refused: set kafka.producer.linger_ms",
+        "message.timeout.ms" | "delivery.timeout.ms" => {
+            "refused: set kafka.producer.delivery_timeout_ms"
+        }
+        "message.max.bytes" => "refused: set kafka.producer.max_message_bytes",
+        "compression.type" | "compression.codec" => "refused: set kafka.producer.compression",
+        "max.poll.interval.ms" => "refused: set kafka.consumer.max_poll_interval_ms",
+        _ => return None,
+    })
+}
+
 impl KafkaConfig {
     /// Problems a service should report at start, before connecting.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
         if self.bootstrap_servers.trim().is_empty() {
             errs.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        for key in self.properties.keys() {
+            if let Some(why) = reserved_property(key) {
+                errs.push(format!("kafka.properties.{key}: {why}"));
+            }
         }
         let c = &self.consumer;
         if c.session_timeout_ms > c.max_poll_interval_ms {
@@ -183,7 +224,7 @@ impl KafkaConfig {
     /// typed fields above it.
     pub(crate) fn with_properties(&self, mut c: ClientConfig) -> ClientConfig {
         for (k, v) in &self.properties {
-            c.set(k, v);
+            c.set(k, v.expose());
         }
         c
     }
@@ -364,6 +405,35 @@ impl Default for TopicNames {
 }
 
 impl TopicNames {
+    /// Problems with the names, as `topics.<field>: reason` lines: Kafka's
+    /// own rules (1 to 249 of `[A-Za-z0-9._-]`), checked before connecting.
+    pub fn validate(&self) -> Vec<String> {
+        let fields = [
+            ("telemetry", &self.telemetry),
+            ("frames", &self.frames),
+            ("detections", &self.detections),
+            ("incidents", &self.incidents),
+            ("commands", &self.commands),
+            ("command_status", &self.command_status),
+        ];
+        let mut errs = Vec::new();
+        for (field, name) in fields {
+            if name.is_empty() {
+                errs.push(format!("topics.{field}: must not be empty"));
+            } else if name.len() > 249 {
+                errs.push(format!("topics.{field}: longer than Kafka's 249 characters"));
+            } else if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                errs.push(format!(
+                    "topics.{field}: may contain only letters, digits, '.', '_' and '-'"
+                ));
+            }
+        }
+        errs
+    }
+
     /// Every topic with a suffix, e.g. `fleet.telemetry.v1.t1a2b`.
     pub fn with_suffix(suffix: &str) -> Self {
         let d = Self::default();
@@ -386,5 +456,44 @@ impl TopicNames {
             &self.commands,
             &self.command_status,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_keys_are_refused_naming_the_key() {
+        let mut c = KafkaConfig::default();
+        for key in [
+            "acks",
+            "enable.idempotence",
+            "enable.auto.offset.store",
+            "linger.ms",
+        ] {
+            c.properties.insert(key.into(), Secret::from("x"));
+        }
+        c.properties
+            .insert("sasl.mechanism".into(), Secret::from("SCRAM-SHA-512"));
+        let errs = c.validate();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("kafka.properties.acks: refused")));
+        assert!(errs
+            .iter()
+            .any(|e| e.starts_with("kafka.properties.linger.ms: refused: set kafka.producer.linger_ms")));
+        assert!(!errs.iter().any(|e| e.contains("sasl.mechanism")));
+    }
+
+    #[test]
+    fn property_values_never_print() {
+        let mut c = KafkaConfig::default();
+        c.properties
+            .insert("sasl.password".into(), Secret::from("hunter2"));
+        let shown = format!("{c:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let client = c.producer_client_config("t");
+        assert_eq!(client.get("sasl.password"), Some("hunter2"));
     }
 }

@@ -142,6 +142,24 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// One of the consumers of a service that reads each topic on its own
+    /// (so a backlog on one never delays another): group and client id are
+    /// `<kafka.consumer.group_id>-<role>`, e.g. `fleetwatch-persistence-frames`.
+    pub fn for_role(
+        kafka: &KafkaConfig,
+        role: &str,
+        topic: &str,
+        dlq: Producer,
+    ) -> Result<Self, ConsumerError> {
+        if kafka.consumer.group_id.is_empty() {
+            return Err(ConsumerError::NoGroup);
+        }
+        let mut k = kafka.clone();
+        k.consumer.group_id = format!("{}-{role}", kafka.consumer.group_id);
+        let client_id = k.consumer.group_id.clone();
+        Self::new(&k, &client_id, &[topic], dlq)
+    }
+
     /// Creates the consumer and subscribes; dead letters go through `dlq`.
     pub fn new(
         kafka: &KafkaConfig,

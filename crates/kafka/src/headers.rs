@@ -12,3 +12,7 @@ pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
 pub const DLQ_CONSUMER_GROUP: &str = "dlq-consumer-group";
 pub const DLQ_ERROR: &str = "dlq-error";
 pub const DLQ_TIME_UNIX_US: &str = "dlq-time-unix-us";
+/// Dead letters that never were Kafka records (an MQTT payload ingest could
+/// not accept): the protocol it came in on and the topic it was meant for.
+pub const DLQ_SOURCE_PROTOCOL: &str = "dlq-source-protocol";
+pub const DLQ_TARGET_TOPIC: &str = "dlq-target-topic";

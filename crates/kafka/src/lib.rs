@@ -16,4 +16,4 @@ pub mod producer;
 
 pub use config::{ConsumerConfig, KafkaConfig, ProducerConfig, TopicNames};
 pub use consumer::{BatchHandler, Consumer, ConsumerError, Record, Rejection, TransientError};
-pub use producer::{OutRecord, Pending, ProduceError, Producer};
+pub use producer::{OutRecord, Pending, ProduceError, Producer, flush_on_drain};

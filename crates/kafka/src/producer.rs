@@ -279,3 +279,30 @@ impl Pending {
 fn create(config: &ClientConfig) -> Result<FutureProducer<Context>, KafkaError> {
     config.create_with_context(Context::new(""))
 }
+
+/// Flushes `producers` in the producers stage of the drain, one blocking step
+/// within what is left of the grace period. What does not make it was never
+/// acknowledged (ingest) or is redelivered (consumers), so a failure is logged.
+pub fn flush_on_drain(sup: &mut fleetwatch_common::Supervisor, producers: &[&Producer]) {
+    let producers: Vec<Producer> = producers.iter().map(|p| (*p).clone()).collect();
+    sup.on_drain_blocking(
+        fleetwatch_common::Stage::Producers,
+        "flush the producers",
+        move |left| {
+            let mut failed = Vec::new();
+            for p in &producers {
+                if let Err(e) = p.flush(left) {
+                    failed.push(e.to_string());
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "producers did not flush in time: {}",
+                    failed.join("; ")
+                ))
+            }
+        },
+    );
+}

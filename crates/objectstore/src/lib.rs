@@ -12,10 +12,11 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
+use fleetwatch_common::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Object store location and credentials. `Debug` hides the secret.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObjectStoreConfig {
     /// `file:///abs/dir`, `file://./relative/dir` (resolved against the
@@ -28,7 +29,7 @@ pub struct ObjectStoreConfig {
     /// S3 access key id; empty = `AWS_ACCESS_KEY_ID` or the instance's credentials.
     pub access_key_id: String,
     /// S3 secret key; empty = `AWS_SECRET_ACCESS_KEY`. Never logged.
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     /// Allow a plain-HTTP endpoint (MinIO in a cluster).
     pub allow_http: bool,
     /// S3: one request's time limit, connection included (at least 1).
@@ -47,7 +48,7 @@ impl Default for ObjectStoreConfig {
             endpoint: String::new(),
             region: String::new(),
             access_key_id: String::new(),
-            secret_access_key: String::new(),
+            secret_access_key: Secret::default(),
             allow_http: false,
             // object_store's own defaults: a caller that retries by itself
             // (persistence's consumer) may lower the retries so an outage
@@ -59,26 +60,17 @@ impl Default for ObjectStoreConfig {
     }
 }
 
-impl std::fmt::Debug for ObjectStoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectStoreConfig")
-            .field("url", &self.url)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &if self.secret_access_key.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
-            .field("allow_http", &self.allow_http)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("max_retries", &self.max_retries)
-            .field("retry_timeout_ms", &self.retry_timeout_ms)
-            .finish()
+impl ObjectStoreConfig {
+    /// Problems with the section, as `object_store.<field>: reason` lines.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if let Err(e) = ObjectLocation::parse(&self.url) {
+            errs.push(format!("object_store.url: {e}"));
+        }
+        if self.timeout_ms == 0 {
+            errs.push("object_store.timeout_ms: must be at least 1".into());
+        }
+        errs
     }
 }
 
@@ -167,7 +159,7 @@ pub fn open(config: &ObjectStoreConfig) -> Result<(Arc<dyn ObjectStore>, String)
                 b = b.with_access_key_id(&config.access_key_id);
             }
             if !config.secret_access_key.is_empty() {
-                b = b.with_secret_access_key(&config.secret_access_key);
+                b = b.with_secret_access_key(config.secret_access_key.expose());
             }
             if config.allow_http {
                 b = b.with_allow_http(true);

@@ -106,7 +106,7 @@ impl TestDb {
 
     pub fn db_config(&self) -> fleetwatch_db::DbConfig {
         fleetwatch_db::DbConfig {
-            url: self.url.clone(),
+            url: self.url.clone().into(),
             ..Default::default()
         }
     }

@@ -62,7 +62,7 @@ async fn main() {
     config.object_store.url = format!("file://{}", objects.path().display());
     config.grpc.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
-    config.engine.group_prefix = format!("bench-{}", unique_suffix());
+    config.kafka.consumer.group_id = format!("bench-{}", unique_suffix());
     config.log.level = "warn".into();
     let shutdown = Shutdown::new();
     let running = fleetwatch_incident::start(config, shutdown.clone())

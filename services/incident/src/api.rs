@@ -88,7 +88,7 @@ fn rule_from_proto(r: Option<&pb::Rule>, need_id: bool) -> Result<Rule, ApiError
     if !valid_name(&r.name) {
         errs.push("rule.name: must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}".into());
     }
-    if !r.vehicle_id.is_empty() && !fleetwatch_db::valid_vehicle_id(&r.vehicle_id) {
+    if !r.vehicle_id.is_empty() && !fleetwatch_proto::valid_vehicle_id(&r.vehicle_id) {
         errs.push("rule.vehicle_id: not a valid vehicle id".into());
     }
     let severity = match pb::Severity::try_from(r.severity) {

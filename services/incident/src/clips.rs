@@ -262,7 +262,7 @@ impl BatchHandler for FramesHandler {
                     continue;
                 }
             };
-            if !fleetwatch_db::valid_vehicle_id(&f.vehicle_id)
+            if !fleetwatch_proto::valid_vehicle_id(&f.vehicle_id)
                 || record.key_str() != Some(f.vehicle_id.as_str())
                 || f.time_unix_us < 0
             {

@@ -1,8 +1,8 @@
 //! The incident service's configuration (`FLEETWATCH_INCIDENT__...`).
 
-use std::net::SocketAddr;
 
 use fleetwatch_common::config::Validate;
+use fleetwatch_common::grpc::GrpcConfig;
 use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
 use fleetwatch_db::DbConfig;
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
@@ -18,8 +18,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Drain time limit (`shutdown.grace_ms`).
     pub shutdown: ShutdownConfig,
-    /// Broker connection and consumer tuning. Leave `kafka.consumer.group_id`
-    /// empty: the group ids come from `engine.group_prefix`.
+    /// Broker connection and consumer tuning. The consumer groups are
+    /// `<kafka.consumer.group_id>-telemetry`, `-detections` and `-frames`.
     pub kafka: KafkaConfig,
     /// Topic names: telemetry, detections and frames are consumed, incidents produced.
     pub topics: TopicNames,
@@ -47,12 +47,13 @@ impl Default for Config {
                 // Incidents are latency-bound: a batch starts at once with
                 // what has arrived instead of lingering 10 ms for more.
                 let mut k = KafkaConfig::default();
+                k.consumer.group_id = "fleetwatch-incident".into();
                 k.consumer.batch_max_wait_ms = 1;
                 k
             },
             topics: TopicNames::default(),
             database: DbConfig::default(),
-            grpc: GrpcConfig::default(),
+            grpc: GrpcConfig::on_port(50054),
             object_store: ObjectStoreConfig::default(),
             engine: EngineConfig::default(),
             evidence: EvidenceConfig::default(),
@@ -63,24 +64,7 @@ impl Default for Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct GrpcConfig {
-    /// Address of the `IncidentService` gRPC server (port 0 = any free port).
-    pub listen: SocketAddr,
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 50054)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Consumer groups are `<prefix>-telemetry`, `<prefix>-detections`, `<prefix>-frames`.
-    pub group_prefix: String,
     /// How often rules are reloaded from the database (changes made through
     /// this replica's API apply at once).
     pub rules_refresh_ms: u64,
@@ -91,7 +75,6 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            group_prefix: "fleetwatch-incident".into(),
             rules_refresh_ms: 2_000,
             link_loss_check_ms: 1_000,
         }
@@ -154,28 +137,12 @@ impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut errs = self.kafka.validate();
         errs.extend(self.shutdown.validate());
-        if !self.kafka.consumer.group_id.is_empty() {
-            errs.push("kafka.consumer.group_id: leave it empty; the incident service derives its groups from engine.group_prefix".into());
+        if self.kafka.consumer.group_id.trim().is_empty() {
+            errs.push("kafka.consumer.group_id: must not be empty".into());
         }
-        for (name, topic) in [
-            ("topics.telemetry", &self.topics.telemetry),
-            ("topics.detections", &self.topics.detections),
-            ("topics.frames", &self.topics.frames),
-            ("topics.incidents", &self.topics.incidents),
-        ] {
-            if topic.trim().is_empty() {
-                errs.push(format!("{name}: must not be empty"));
-            }
-        }
-        if self.database.url.trim().is_empty() {
-            errs.push("database.url: must not be empty".into());
-        }
-        if let Err(e) = fleetwatch_objectstore::ObjectLocation::parse(&self.object_store.url) {
-            errs.push(format!("object_store.url: {e}"));
-        }
-        if self.engine.group_prefix.trim().is_empty() {
-            errs.push("engine.group_prefix: must not be empty".into());
-        }
+        errs.extend(self.topics.validate());
+        errs.extend(self.database.validate());
+        errs.extend(self.object_store.validate());
         if self.engine.rules_refresh_ms == 0 {
             errs.push("engine.rules_refresh_ms: must be at least 1".into());
         }
@@ -234,14 +201,12 @@ mod tests {
     #[test]
     fn reports_every_problem() {
         let mut c = Config::default();
-        c.engine.group_prefix = String::new();
         c.evidence.clip_before_secs = -1.0;
         c.outbox.batch_size = 0;
-        c.kafka.consumer.group_id = "g".into();
+        c.kafka.consumer.group_id = String::new();
         c.topics.incidents = String::new();
         let errs = c.validate().join("\n");
         for field in [
-            "engine.group_prefix",
             "evidence.clip_before_secs",
             "outbox.batch_size",
             "kafka.consumer.group_id",

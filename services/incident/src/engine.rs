@@ -152,7 +152,7 @@ fn reject(kind: &str, index: usize, label: &'static str, reason: String) -> Reje
 }
 
 fn check_vehicle(record: &Record, vehicle_id: &str) -> Result<(), String> {
-    if !fleetwatch_db::valid_vehicle_id(vehicle_id) {
+    if !fleetwatch_proto::valid_vehicle_id(vehicle_id) {
         return Err(format!(
             "vehicle_id {vehicle_id:?} is not a valid vehicle id"
         ));

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::admin::Readiness;
 use fleetwatch_common::grpc::RequestMetrics;
 use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
@@ -58,16 +58,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     events_kafka.producer.linger_ms = events_kafka.producer.linger_ms.min(1);
     let events = Producer::new(&events_kafka, "fleetwatch-incident-events")
         .context("cannot create the events producer")?;
-    let consumer = |suffix: &str, topic: &str| -> anyhow::Result<Consumer> {
-        let mut k = config.kafka.clone();
-        k.consumer.group_id = format!("{}-{suffix}", config.engine.group_prefix);
-        Consumer::new(
-            &k,
-            &format!("fleetwatch-incident-{suffix}"),
-            &[topic],
-            dlq.clone(),
-        )
-        .with_context(|| format!("cannot consume {topic}"))
+    let consumer = |role: &str, topic: &str| -> anyhow::Result<Consumer> {
+        Consumer::for_role(&config.kafka, role, topic, dlq.clone())
+            .with_context(|| format!("cannot consume {topic}"))
     };
     // One consumer per topic: a backlog of frames never delays rule evaluation.
     let telemetry_consumer = consumer("telemetry", &config.topics.telemetry)?;
@@ -97,16 +90,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 
     let readiness = Readiness::default();
     let mut sup = Supervisor::new("incident", &config.shutdown, shutdown, readiness.clone());
-    let (admin_addr, admin_task) = admin::serve(
-        &config.admin,
-        readiness.clone(),
-        sup.stop_token(Stage::Servers),
-    )
-    .await?;
-    sup.spawn(Stage::Servers, "admin server", |_| admin_task);
-    let listener = tokio::net::TcpListener::bind(config.grpc.listen)
-        .await
-        .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
+    let admin_addr = sup.serve_admin(&config.admin).await?;
+    let listener = fleetwatch_common::grpc::bind(&config.grpc).await?;
     let grpc_addr = listener.local_addr()?;
 
     // Link-loss checks open incidents on their own: stopped with the intake.
@@ -154,39 +139,21 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     sup.spawn(Stage::Producers, "outbox publisher", |stop| {
         publisher.run(stop)
     });
-    sup.on_drain_blocking(Stage::Producers, "flush the producers", move |left| {
-        let a = dlq.flush(left);
-        let b = events.flush(left);
-        a.and(b).context("producers did not flush in time")
-    });
+    fleetwatch_kafka::flush_on_drain(&mut sup, &[&dlq, &events]);
     let (p, r) = (pool.clone(), rules.clone());
     let every = Duration::from_millis(config.engine.rules_refresh_ms);
     sup.spawn(Stage::Servers, "rules refresh", |stop| {
         engine::refresh_rules(p, r, every, stop)
     });
-    let database = readiness.part("database");
-    let p = pool.clone();
-    sup.spawn(Stage::Servers, "database readiness", |stop| {
-        fleetwatch_db::watch_readiness(p, database, stop)
-    });
+    fleetwatch_db::supervise(&mut sup, &pool, &readiness);
     let api = IncidentServiceServer::new(api::Api {
         pool: pool.clone(),
         rules,
         published,
         retention_days: config.evidence.retention_days,
     });
-    sup.spawn(Stage::Servers, "grpc server", |stop| {
-        let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
-        fleetwatch_common::grpc::serve(listener, requests.wrap(api), stop)
-    });
-    sup.on_drain(
-        Stage::Pools,
-        "close the database pool",
-        move |_| async move {
-            pool.close().await;
-            Ok(())
-        },
-    );
+    let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
+    sup.serve_grpc(Stage::Servers, listener, requests.wrap(api));
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, objects = %store_shown,
         telemetry = %config.topics.telemetry, detections = %config.topics.detections,

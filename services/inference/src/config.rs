@@ -1,9 +1,9 @@
 //! The inference service's configuration (`FLEETWATCH_INFERENCE__...`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use fleetwatch_common::config::Validate;
+use fleetwatch_common::grpc::GrpcConfig;
 use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
 use fleetwatch_objectstore::ObjectStoreConfig;
@@ -47,25 +47,10 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             kafka,
             topics: TopicNames::default(),
-            grpc: GrpcConfig::default(),
+            grpc: GrpcConfig::on_port(50053),
             object_store: ObjectStoreConfig::default(),
             model: ModelConfig::default(),
             pipeline: PipelineConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpcConfig {
-    /// Address of the `InferenceService` gRPC server (port 0 = any free port).
-    pub listen: SocketAddr,
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 50053)),
         }
     }
 }
@@ -213,14 +198,7 @@ impl Validate for Config {
         if self.kafka.consumer.group_id.trim().is_empty() {
             errs.push("kafka.consumer.group_id: must not be empty".into());
         }
-        for (name, topic) in [
-            ("topics.frames", &self.topics.frames),
-            ("topics.detections", &self.topics.detections),
-        ] {
-            if topic.trim().is_empty() {
-                errs.push(format!("{name}: must not be empty"));
-            }
-        }
+        errs.extend(self.topics.validate());
         let m = &self.model;
         if m.name.trim().is_empty() || m.name.contains('/') {
             errs.push("model.name: must be non-empty and contain no '/'".into());
@@ -232,13 +210,7 @@ impl Validate for Config {
             ModelSource::Path if m.path.as_os_str().is_empty() => {
                 errs.push("model.path: must be set when model.source = \"path\"".into())
             }
-            ModelSource::ObjectStore => {
-                if let Err(e) =
-                    fleetwatch_objectstore::ObjectLocation::parse(&self.object_store.url)
-                {
-                    errs.push(format!("object_store.url: {e}"));
-                }
-            }
+            ModelSource::ObjectStore => errs.extend(self.object_store.validate()),
             _ => {}
         }
         let p = &self.pipeline;

@@ -21,21 +21,11 @@ pub struct Service {
     pub detections_topic: String,
 }
 
-/// Same rule as the vehicle registry: 1..64 of `[A-Za-z0-9_.:-]`, starting alphanumeric.
-pub fn valid_vehicle_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'))
-}
-
 impl Service {
     async fn detect_inner(&self, req: DetectRequest) -> Result<DetectResponse, ApiError> {
         preprocess::check_content_type(&req.content_type)
             .map_err(|e| ApiError::invalid_argument(format!("content_type: {e}")))?;
-        if !req.vehicle_id.is_empty() && !valid_vehicle_id(&req.vehicle_id) {
+        if !req.vehicle_id.is_empty() && !fleetwatch_proto::valid_vehicle_id(&req.vehicle_id) {
             return Err(ApiError::invalid_argument(format!(
                 "vehicle_id: {:?} is not a valid vehicle id",
                 req.vehicle_id
@@ -130,18 +120,5 @@ impl InferenceService for Service {
             loaded_unix_us: m.loaded_unix_us,
         };
         Ok(Response::new(status))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vehicle_ids() {
-        assert!(valid_vehicle_id("drone-01"));
-        assert!(!valid_vehicle_id(""));
-        assert!(!valid_vehicle_id("-x"));
-        assert!(!valid_vehicle_id("a/b"));
     }
 }

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::admin::Readiness;
 use fleetwatch_common::grpc::RequestMetrics;
 use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
@@ -81,16 +81,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 
     let readiness = Readiness::default();
     let mut sup = Supervisor::new("inference", &config.shutdown, shutdown, readiness.clone());
-    let (admin_addr, admin_task) = admin::serve(
-        &config.admin,
-        readiness.clone(),
-        sup.stop_token(Stage::Servers),
-    )
-    .await?;
-    sup.spawn(Stage::Servers, "admin server", |_| admin_task);
-    let listener = tokio::net::TcpListener::bind(config.grpc.listen)
-        .await
-        .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
+    let admin_addr = sup.serve_admin(&config.admin).await?;
+    let listener = fleetwatch_common::grpc::bind(&config.grpc).await?;
     let grpc_addr = listener.local_addr()?;
 
     let handler = consumer::FramesHandler {
@@ -105,12 +97,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     sup.spawn(Stage::Consumers, "frames consumer", |stop| {
         consumer.run(handler, stop)
     });
-    let p = producer.clone();
-    sup.on_drain_blocking(Stage::Producers, "flush the producers", move |left| {
-        let a = p.flush(left);
-        let b = dlq.flush(left);
-        a.and(b).context("producers did not flush in time")
-    });
+    fleetwatch_kafka::flush_on_drain(&mut sup, &[&producer, &dlq]);
     // With polling off the watch has nothing to do, and a task that ends is a failure.
     if config.model.poll_interval_secs > 0 {
         let watched = pipeline.clone();
@@ -125,10 +112,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         detections_topic: config.topics.detections.clone(),
     })
     .max_decoding_message_size(64 * 1024 * 1024);
-    sup.spawn(Stage::Servers, "grpc server", |stop| {
-        let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
-        fleetwatch_common::grpc::serve(listener, requests.wrap(api), stop)
-    });
+    let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
+    sup.serve_grpc(Stage::Servers, listener, requests.wrap(api));
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, frames = %config.topics.frames,
         detections = %config.topics.detections, "inference started");
     let tasks = sup.control();

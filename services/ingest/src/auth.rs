@@ -118,7 +118,7 @@ impl Authenticator {
         if let Some(v) = self.vehicles.get(&id.to_string()) {
             return Ok(v);
         }
-        if !fleetwatch_db::valid_vehicle_id(id) {
+        if !fleetwatch_proto::valid_vehicle_id(id) {
             return Ok(false);
         }
         let v = fleetwatch_db::vehicle_exists(&self.pool, id)

@@ -1,11 +1,11 @@
 //! The ingest configuration (`FLEETWATCH_INGEST__SECTION__KEY` in the environment).
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use fleetwatch_common::config::Validate;
-use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
+use fleetwatch_common::grpc::GrpcConfig;
+use fleetwatch_common::{AdminConfig, LogConfig, Secret, ShutdownConfig};
 use fleetwatch_db::DbConfig;
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,7 @@ impl Default for Config {
             topics: TopicNames::default(),
             database: DbConfig::default(),
             http: HttpConfig::default(),
-            grpc: GrpcConfig::default(),
+            grpc: GrpcConfig::on_port(50051),
             mqtt: MqttConfig::default(),
             limits: LimitsConfig::default(),
             persistence: PersistenceConfig::default(),
@@ -73,21 +73,6 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpcConfig {
-    /// Address of the gRPC API (IngestService, health, reflection).
-    pub listen: SocketAddr,
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
         }
     }
 }
@@ -183,73 +168,6 @@ impl MqttConfig {
     }
 }
 
-/// A credential from the configuration: `Debug` never shows it, and a value
-/// of the wrong type is refused without echoing it.
-#[derive(Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Self(s.to_string())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "<redacted>"
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        // The environment layer parses `12345` or `true` as a number or a
-        // bool; serde's default error would print the value.
-        fn refuse<E: serde::de::Error>() -> E {
-            E::custom(
-                "must be a string (quote a password that looks like a number or a bool, or use the _file key)",
-            )
-        }
-        impl serde::de::Visitor<'_> for V {
-            type Value = Secret;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
-                Err(refuse())
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
-                Err(refuse())
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
-                Err(refuse())
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
-                Err(refuse())
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -337,9 +255,7 @@ impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut errs = self.kafka.validate();
         errs.extend(self.shutdown.validate());
-        if self.database.url.trim().is_empty() {
-            errs.push("database.url: must not be empty".into());
-        }
+        errs.extend(self.database.validate());
         let l = &self.limits;
         let max_frame = self
             .kafka
@@ -364,15 +280,7 @@ impl Validate for Config {
         if l.retry_after_secs == 0 {
             errs.push("limits.retry_after_secs: must be at least 1".into());
         }
-        for (name, t) in [
-            ("topics.telemetry", &self.topics.telemetry),
-            ("topics.frames", &self.topics.frames),
-            ("topics.detections", &self.topics.detections),
-        ] {
-            if t.trim().is_empty() {
-                errs.push(format!("{name}: must not be empty"));
-            }
-        }
+        errs.extend(self.topics.validate());
         if !self.persistence.grpc_url.starts_with("http://")
             && !self.persistence.grpc_url.starts_with("https://")
         {

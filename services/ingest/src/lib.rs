@@ -84,13 +84,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 
     let readiness = Readiness::default();
     let mut sup = Supervisor::new("ingest", &config.shutdown, shutdown, readiness.clone());
-    let (admin_addr, admin) = fleetwatch_common::admin::serve(
-        &config.admin,
-        readiness.clone(),
-        sup.stop_token(Stage::Servers),
-    )
-    .await?;
-    sup.spawn(Stage::Servers, "admin server", |_| admin);
+    let admin_addr = sup.serve_admin(&config.admin).await?;
 
     let http_listener = TcpListener::bind(config.http.listen)
         .await
@@ -104,9 +98,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             .context("http server")
     });
 
-    let grpc_listener = TcpListener::bind(config.grpc.listen)
-        .await
-        .with_context(|| format!("cannot bind the gRPC API on {}", config.grpc.listen))?;
+    let grpc_listener = fleetwatch_common::grpc::bind(&config.grpc).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let max_message = config
         .limits
@@ -115,10 +107,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         + config::RECORD_HEADROOM_BYTES as usize;
     let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone()))
         .max_decoding_message_size(max_message);
-    sup.spawn(Stage::Intake, "grpc server", |stop| {
-        let requests = RequestMetrics::with_leading_labels(&metrics::REQUESTS, &["grpc"]);
-        fleetwatch_common::grpc::serve(grpc_listener, requests.wrap(ingest), stop)
-    });
+    let requests = RequestMetrics::with_leading_labels(&metrics::REQUESTS, &["grpc"]);
+    sup.serve_grpc(Stage::Intake, grpc_listener, requests.wrap(ingest));
 
     let mqtt_subscribed = if config.mqtt.enabled {
         // Ready while the broker has the bridge logged in and subscribed.
@@ -137,25 +127,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     };
     // Records are acknowledged to vehicles only after Kafka did, so what is
     // still queued here was never acknowledged: flushing is a courtesy.
-    sup.on_drain_blocking(Stage::Producers, "flush the producer", move |left| {
-        producer
-            .flush(left)
-            .context("records not acknowledged by kafka before shutdown")
-    });
+    fleetwatch_kafka::flush_on_drain(&mut sup, &[&producer]);
     // Every request authenticates against the database: without it, not ready.
-    let database = readiness.part("database");
-    let p = pool.clone();
-    sup.spawn(Stage::Servers, "database readiness", |stop| {
-        fleetwatch_db::watch_readiness(p, database, stop)
-    });
-    sup.on_drain(
-        Stage::Pools,
-        "close the database pool",
-        move |_| async move {
-            pool.close().await;
-            Ok(())
-        },
-    );
+    fleetwatch_db::supervise(&mut sup, &pool, &readiness);
 
     tracing::info!(%http_addr, %grpc_addr, %admin_addr, mqtt = config.mqtt.enabled, "ingest started");
     let tasks = sup.control();

@@ -40,9 +40,7 @@ use crate::sink::Sink;
 
 /// Message type of a dead-lettered MQTT payload (raw bytes as received).
 pub const MQTT_PAYLOAD_TYPE: &str = "fleetwatch.mqtt.Payload";
-/// Extra DLQ headers of the bridge: the protocol and the Kafka topic the message was meant for.
-pub const DLQ_SOURCE_PROTOCOL: &str = "dlq-source-protocol";
-pub const DLQ_TARGET_TOPIC: &str = "dlq-target-topic";
+pub use fleetwatch_kafka::headers::{DLQ_SOURCE_PROTOCOL, DLQ_TARGET_TOPIC};
 
 /// How long shutdown waits for in-flight messages before leaving them to
 /// be redelivered.

@@ -1,8 +1,8 @@
 //! The persistence service's configuration (`FLEETWATCH_PERSISTENCE__...`).
 
-use std::net::SocketAddr;
 
 use fleetwatch_common::config::Validate;
+use fleetwatch_common::grpc::GrpcConfig;
 use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
 use fleetwatch_db::DbConfig;
 use fleetwatch_kafka::{KafkaConfig, TopicNames};
@@ -18,8 +18,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Drain time limit (`shutdown.grace_ms`).
     pub shutdown: ShutdownConfig,
-    /// Broker connection and consumer tuning. Leave `kafka.consumer.group_id`
-    /// empty: the group ids come from `writer.group_prefix`.
+    /// Broker connection and consumer tuning. The consumer groups are
+    /// `<kafka.consumer.group_id>-telemetry`, `-detections` and `-frames`.
     pub kafka: KafkaConfig,
     /// Topic names (telemetry, detections and frames are consumed).
     pub topics: TopicNames,
@@ -41,28 +41,17 @@ impl Default for Config {
             log: LogConfig::default(),
             admin: AdminConfig::on_port(9602),
             shutdown: ShutdownConfig::default(),
-            kafka: KafkaConfig::default(),
+            kafka: {
+                let mut k = KafkaConfig::default();
+                k.consumer.group_id = "fleetwatch-persistence".into();
+                k
+            },
             topics: TopicNames::default(),
             database: DbConfig::default(),
-            grpc: GrpcConfig::default(),
+            grpc: GrpcConfig::on_port(50052),
             object_store: ObjectStoreConfig::default(),
             retention: RetentionConfig::default(),
             writer: WriterConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpcConfig {
-    /// Address of the `PersistenceQuery` gRPC server (port 0 = any free port).
-    pub listen: SocketAddr,
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 50052)),
         }
     }
 }
@@ -91,8 +80,6 @@ impl Default for RetentionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WriterConfig {
-    /// Consumer groups are `<prefix>-telemetry`, `<prefix>-detections`, `<prefix>-frames`.
-    pub group_prefix: String,
     /// Most rows per INSERT statement; larger consumer batches are split
     /// into several statements of one transaction.
     pub max_rows_per_statement: usize,
@@ -107,7 +94,6 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            group_prefix: "fleetwatch-persistence".into(),
             max_rows_per_statement: 10_000,
             telemetry_write_concurrency: 2,
             object_store_concurrency: 8,
@@ -119,24 +105,12 @@ impl Validate for Config {
     fn validate(&self) -> Vec<String> {
         let mut errs = self.kafka.validate();
         errs.extend(self.shutdown.validate());
-        if !self.kafka.consumer.group_id.is_empty() {
-            errs.push("kafka.consumer.group_id: leave it empty; persistence derives its groups from writer.group_prefix".into());
+        if self.kafka.consumer.group_id.trim().is_empty() {
+            errs.push("kafka.consumer.group_id: must not be empty".into());
         }
-        for (name, topic) in [
-            ("topics.telemetry", &self.topics.telemetry),
-            ("topics.detections", &self.topics.detections),
-            ("topics.frames", &self.topics.frames),
-        ] {
-            if topic.trim().is_empty() {
-                errs.push(format!("{name}: must not be empty"));
-            }
-        }
-        if self.database.url.trim().is_empty() {
-            errs.push("database.url: must not be empty".into());
-        }
-        if let Err(e) = fleetwatch_objectstore::ObjectLocation::parse(&self.object_store.url) {
-            errs.push(format!("object_store.url: {e}"));
-        }
+        errs.extend(self.topics.validate());
+        errs.extend(self.database.validate());
+        errs.extend(self.object_store.validate());
         if self.retention.telemetry_days == 0 {
             errs.push("retention.telemetry_days: must be at least 1".into());
         }
@@ -145,9 +119,6 @@ impl Validate for Config {
         }
         if self.retention.maintenance_interval_secs == 0 {
             errs.push("retention.maintenance_interval_secs: must be at least 1".into());
-        }
-        if self.writer.group_prefix.trim().is_empty() {
-            errs.push("writer.group_prefix: must not be empty".into());
         }
         if self.writer.max_rows_per_statement == 0 {
             errs.push("writer.max_rows_per_statement: must be at least 1".into());
@@ -182,13 +153,11 @@ mod tests {
     fn reports_every_problem() {
         let mut c = Config::default();
         c.retention.telemetry_days = 0;
-        c.writer.group_prefix = String::new();
         c.object_store.url = "ftp://x".into();
-        c.kafka.consumer.group_id = "g".into();
+        c.kafka.consumer.group_id = String::new();
         let errs = c.validate().join("\n");
         for field in [
             "retention.telemetry_days",
-            "writer.group_prefix",
             "object_store.url",
             "kafka.consumer.group_id",
         ] {

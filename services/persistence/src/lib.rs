@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use fleetwatch_common::admin::{self, Readiness};
+use fleetwatch_common::admin::Readiness;
 use fleetwatch_common::grpc::RequestMetrics;
 use fleetwatch_common::{Shutdown, Stage, Supervisor, TaskControl};
 use fleetwatch_kafka::{Consumer, Producer};
@@ -47,16 +47,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         objects::open(&config.object_store).context("cannot open the object store")?;
     let dlq = Producer::new(&config.kafka, "fleetwatch-persistence-dlq")
         .context("cannot create the DLQ producer")?;
-    let consumer = |suffix: &str, topic: &str| -> anyhow::Result<Consumer> {
-        let mut k = config.kafka.clone();
-        k.consumer.group_id = format!("{}-{suffix}", config.writer.group_prefix);
-        Consumer::new(
-            &k,
-            &format!("fleetwatch-persistence-{suffix}"),
-            &[topic],
-            dlq.clone(),
-        )
-        .with_context(|| format!("cannot consume {topic}"))
+    let consumer = |role: &str, topic: &str| -> anyhow::Result<Consumer> {
+        Consumer::for_role(&config.kafka, role, topic, dlq.clone())
+            .with_context(|| format!("cannot consume {topic}"))
     };
     // One consumer per topic, so a backlog of large frames never delays telemetry.
     let telemetry_consumer = consumer("telemetry", &config.topics.telemetry)?;
@@ -65,16 +58,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 
     let readiness = Readiness::default();
     let mut sup = Supervisor::new("persistence", &config.shutdown, shutdown, readiness.clone());
-    let (admin_addr, admin_task) = admin::serve(
-        &config.admin,
-        readiness.clone(),
-        sup.stop_token(Stage::Servers),
-    )
-    .await?;
-    sup.spawn(Stage::Servers, "admin server", |_| admin_task);
-    let listener = tokio::net::TcpListener::bind(config.grpc.listen)
-        .await
-        .with_context(|| format!("cannot bind the gRPC server on {}", config.grpc.listen))?;
+    let admin_addr = sup.serve_admin(&config.admin).await?;
+    let listener = fleetwatch_common::grpc::bind(&config.grpc).await?;
     let grpc_addr = listener.local_addr()?;
 
     let partitions = Arc::new(Partitions::default());
@@ -112,31 +97,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     sup.spawn(Stage::Consumers, "frames consumer", |stop| {
         frames_consumer.run(handler, stop)
     });
-    sup.on_drain_blocking(Stage::Producers, "flush the dlq producer", move |left| {
-        dlq.flush(left)
-            .context("dlq producer did not flush in time")
-    });
-    let database = readiness.part("database");
-    let p = pool.clone();
-    sup.spawn(Stage::Servers, "database readiness", |stop| {
-        fleetwatch_db::watch_readiness(p, database, stop)
-    });
+    fleetwatch_kafka::flush_on_drain(&mut sup, &[&dlq]);
+    fleetwatch_db::supervise(&mut sup, &pool, &readiness);
     let api = PersistenceQueryServer::new(query::QueryService {
         pool: pool.clone(),
         store,
     });
-    sup.spawn(Stage::Servers, "grpc server", |stop| {
-        let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
-        fleetwatch_common::grpc::serve(listener, requests.wrap(api), stop)
-    });
-    sup.on_drain(
-        Stage::Pools,
-        "close the database pool",
-        move |_| async move {
-            pool.close().await;
-            Ok(())
-        },
-    );
+    let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
+    sup.serve_grpc(Stage::Servers, listener, requests.wrap(api));
 
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, objects = %store_shown,
         telemetry = %config.topics.telemetry, detections = %config.topics.detections, frames = %config.topics.frames,

@@ -116,7 +116,7 @@ impl Stack {
                 format!("file://{}", self.objects.path().display()),
             ),
             (
-                format!("{p}WRITER__GROUP_PREFIX"),
+                format!("{p}KAFKA__CONSUMER__GROUP_ID"),
                 format!("persistence-{}", tk::unique_suffix()),
             ),
         ]);
@@ -216,7 +216,7 @@ impl Stack {
                 format!("file://{}", self.objects.path().display()),
             ),
             (
-                format!("{p}ENGINE__GROUP_PREFIX"),
+                format!("{p}KAFKA__CONSUMER__GROUP_ID"),
                 format!("incident-{}", tk::unique_suffix()),
             ),
             (format!("{p}ENGINE__LINK_LOSS_CHECK_MS"), "200".into()),

@@ -90,7 +90,7 @@ fn validate(a: &SimulateArgs) -> anyhow::Result<()> {
     if !(a.stream_window.is_finite() && a.stream_window > 0.0) {
         problems.push("--stream-window must be > 0 seconds".into());
     }
-    if !fleetwatch_db::valid_vehicle_id(&format!("{}-001", a.prefix)) {
+    if !fleetwatch_proto::valid_vehicle_id(&format!("{}-001", a.prefix)) {
         problems.push(format!(
             "--prefix {:?} does not make valid vehicle ids (letters, digits, '_', '.', ':', '-')",
             a.prefix

@@ -165,7 +165,7 @@ pub(crate) fn check_vehicle(record: &Record, vehicle_id: &str) -> Result<(), Inv
     if vehicle_id.is_empty() {
         return Err(Invalid::new("vehicle_id is empty"));
     }
-    if !fleetwatch_db::valid_vehicle_id(vehicle_id) {
+    if !fleetwatch_proto::valid_vehicle_id(vehicle_id) {
         return Err(Invalid::new(format!(
             "vehicle_id {vehicle_id:?} is not a valid vehicle id"
         )));
