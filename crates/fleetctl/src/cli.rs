@@ -59,6 +59,15 @@ pub enum Command {
     /// Registered vehicles and their tokens.
     #[command(subcommand)]
     Vehicles(VehiclesCommand),
+    /// Operators: add, list, disable/enable, passwd, set-role, ensure-admin.
+    #[command(subcommand)]
+    Users(crate::users::UsersCommand),
+    /// API tokens of operators and services: create, list, revoke.
+    #[command(subcommand)]
+    Tokens(crate::tokens::TokensCommand),
+    /// Keys that sign access tokens: create, register, list, retire.
+    #[command(subcommand)]
+    SigningKeys(crate::signing_keys::SigningKeysCommand),
     /// MQTT logins in Mosquitto's password file.
     #[command(subcommand)]
     Mqtt(MqttCommand),

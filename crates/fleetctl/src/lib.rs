@@ -1,6 +1,6 @@
 //! fleetctl, the operator and data-engineer CLI: schema migrations, Kafka
-//! topics, vehicle registration and MQTT logins, a simulated fleet, and
-//! tailing topics.
+//! topics, vehicle registration and MQTT logins, operators, API tokens and
+//! signing keys, a simulated fleet, and tailing topics.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -10,9 +10,12 @@ pub mod incidents;
 pub mod migrate;
 pub mod mqtt;
 pub mod settings;
+pub mod signing_keys;
 pub mod simulate;
 pub mod tail;
+pub mod tokens;
 pub mod topics;
+pub mod users;
 pub mod vehicles;
 
 use std::process::ExitCode;
@@ -27,6 +30,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { create_database } => migrate::run(&g, create_database).await?,
         Command::Topics(cmd) => topics::run(&g, cmd).await?,
         Command::Vehicles(cmd) => vehicles::run(&g, cmd).await?,
+        Command::Users(cmd) => users::run(&g, cmd).await?,
+        Command::Tokens(cmd) => tokens::run(&g, cmd).await?,
+        Command::SigningKeys(cmd) => signing_keys::run(&g, cmd).await?,
         Command::Mqtt(cmd) => mqtt::run(cmd)?,
         Command::Simulate(args) => return simulate::run(&g, *args).await,
         Command::Tail(args) => tail::run(&g, args).await?,

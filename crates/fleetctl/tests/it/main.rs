@@ -7,5 +7,7 @@ mod common;
 mod migrate;
 mod simulate;
 mod tail;
+mod tokens;
 mod topics;
+mod users;
 mod vehicles;
