@@ -8,6 +8,11 @@ use fleetwatch_testkit::wait_for;
 
 use crate::common::{Fixture, WAIT, wait_for_result};
 
+/// The listener's backend: its last statement is its LISTEN or, after 15 s,
+/// its heartbeat (nothing else in these tests runs a bare `SELECT 1`).
+const LISTENING: &str = "datname = current_database() AND pid <> pg_backend_pid()
+    AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')";
+
 #[tokio::test]
 async fn a_revocation_reaches_every_replica_at_once() {
     // Entries would live an hour without a notification: only NOTIFY can
@@ -81,10 +86,9 @@ async fn a_listener_that_loses_its_connection_reconnects_with_empty_caches() {
     assert_eq!(f.verifier.stats().tokens, 1);
 
     // Kill the listening backend, as a failover or an idle-killer would.
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    )
+    let killed: Vec<bool> = sqlx::query_scalar(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {LISTENING}"
+    ))
     .fetch_all(&f.db.pool)
     .await
     .unwrap();
@@ -102,9 +106,9 @@ async fn a_listener_that_loses_its_connection_reconnects_with_empty_caches() {
     )
     .await;
     wait_for("a new listening backend", WAIT, || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {LISTENING}"
+        ))
         .fetch_one(&f.db.pool)
         .await
         .unwrap();
