@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api_token::{ServiceToken, ServiceTokenError};
+
 /// `[auth]`. Every key has a default; services embed it as `auth: AuthConfig`
 /// and add `self.auth.validate()` to their own checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +56,17 @@ impl Default for AuthConfig {
             cache_max_age_secs: 600,
             last_used_interval_secs: 300,
         }
+    }
+}
+
+impl AuthConfig {
+    /// The service's own token from `auth.service_token_file`, if set (read
+    /// at start, so a missing or malformed file fails before any port is bound).
+    pub fn service_token(&self) -> Result<Option<ServiceToken>, ServiceTokenError> {
+        self.service_token_file
+            .as_deref()
+            .map(ServiceToken::from_file)
+            .transpose()
     }
 }
 
@@ -106,6 +119,25 @@ mod tests {
         assert!(errs.contains("auth.issuer"), "{errs}");
         assert!(errs.contains("auth.access_token_ttl_secs"), "{errs}");
         assert!(errs.contains("auth.cache_capacity"), "{errs}");
+    }
+
+    #[test]
+    fn the_service_token_comes_from_its_file() {
+        assert!(AuthConfig::default().service_token().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let token = crate::generate_api_token();
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        let config = AuthConfig {
+            service_token_file: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(config.service_token().unwrap().unwrap().expose(), token);
+        let missing = AuthConfig {
+            service_token_file: Some(dir.path().join("nope")),
+            ..Default::default()
+        };
+        assert!(missing.service_token().is_err());
     }
 
     /// The README documents every key (the house rule for config).
