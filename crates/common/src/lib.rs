@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod secret;
 pub mod service;
 pub mod shutdown;

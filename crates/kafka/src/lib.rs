@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod consumer;
+pub mod envelope;
 mod context;
 pub mod headers;
 mod metrics;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fleetwatch_common::Shutdown;
 use fleetwatch_db::ErrorClass;
-use fleetwatch_kafka::{BatchHandler, Record, Rejection, TransientError};
+use fleetwatch_kafka::{BatchHandler, Record, Rejection, TransientError, envelope};
 use fleetwatch_proto::v1::{DetectionBatch, TelemetryBatch, TelemetryPoint};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -22,8 +22,6 @@ use crate::metrics;
 use crate::rules::{self, Params, Rule, State, Transition};
 use crate::store::{self, ClipWindow, StateKey};
 
-/// Latest accepted sample time: 9999-12-31T23:59:59Z.
-const MAX_TIME_UNIX_US: i64 = 253_402_300_799_000_000;
 
 /// The rules, reloaded from the database periodically and after API changes.
 #[derive(Clone, Default)]
@@ -146,32 +144,21 @@ impl Engine {
     }
 }
 
-fn reject(kind: &str, index: usize, label: &'static str, reason: String) -> Rejection {
-    metrics::REJECTED.with_label_values(&[kind, label]).inc();
-    Rejection { index, reason }
+/// A record to dead-letter, with its metric label. Counted by [`finish`]
+/// only once the batch succeeded: a retried batch would otherwise count its
+/// rejections again.
+fn reject(index: usize, label: &'static str, reason: String) -> (Rejection, &'static str) {
+    (Rejection { index, reason }, label)
 }
 
-fn check_vehicle(record: &Record, vehicle_id: &str) -> Result<(), String> {
-    if !fleetwatch_proto::valid_vehicle_id(vehicle_id) {
-        return Err(format!(
-            "vehicle_id {vehicle_id:?} is not a valid vehicle id"
-        ));
+fn finish(kind: &str, started: Instant, rejected: Vec<(Rejection, &'static str)>) -> Vec<Rejection> {
+    for (_, label) in &rejected {
+        metrics::REJECTED.with_label_values(&[kind, label]).inc();
     }
-    if record.key_str() != Some(vehicle_id) {
-        return Err(format!(
-            "record key {:?} differs from vehicle_id {vehicle_id:?}",
-            record.key_str().unwrap_or("<none>")
-        ));
-    }
-    Ok(())
-}
-
-fn check_time(what: &str, us: i64) -> Result<(), String> {
-    if (0..=MAX_TIME_UNIX_US).contains(&us) {
-        Ok(())
-    } else {
-        Err(format!("{what} {us} is outside 1970..9999"))
-    }
+    metrics::BATCH_SECONDS
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    rejected.into_iter().map(|(r, _)| r).collect()
 }
 
 fn transient(kind: &str, e: sqlx::Error) -> TransientError {
@@ -201,7 +188,7 @@ trait Evaluate: Sync {
 async fn isolate<E: Evaluate>(
     e: &E,
     records: &[(usize, E::Item)],
-) -> Result<Vec<Rejection>, TransientError> {
+) -> Result<Vec<(Rejection, &'static str)>, TransientError> {
     let kind = E::KIND;
     match e.evaluate(records).await {
         Ok(_) => return Ok(Vec::new()),
@@ -216,7 +203,6 @@ async fn isolate<E: Evaluate>(
         match e.evaluate(one).await {
             Ok(_) => {}
             Err(e) if fleetwatch_db::classify(&e) == ErrorClass::Data => rejected.push(reject(
-                kind,
                 one[0].0,
                 "database",
                 format!("refused by the database: {e}"),
@@ -297,29 +283,26 @@ impl BatchHandler for TelemetryHandler {
             let b: TelemetryBatch = match record.decode() {
                 Ok(b) => b,
                 Err(e) => {
-                    rejected.push(reject(KIND, index, "undecodable", e));
+                    rejected.push(reject(index, "undecodable", e));
                     continue;
                 }
             };
-            if let Err(e) = check_vehicle(record, &b.vehicle_id) {
-                rejected.push(reject(KIND, index, "invalid", e));
+            if let Err(e) = envelope::check_vehicle(record, &b.vehicle_id) {
+                rejected.push(reject(index, "invalid", e));
                 continue;
             }
             if let Some(e) = b
                 .points
                 .iter()
-                .find_map(|p| check_time("points.time_unix_us", p.time_unix_us).err())
+                .find_map(|p| envelope::check_time("points.time_unix_us", p.time_unix_us).err())
             {
-                rejected.push(reject(KIND, index, "invalid", e));
+                rejected.push(reject(index, "invalid", e));
                 continue;
             }
             valid.push((index, b));
         }
         rejected.extend(isolate(self, &valid).await?);
-        metrics::BATCH_SECONDS
-            .with_label_values(&[KIND])
-            .observe(started.elapsed().as_secs_f64());
-        Ok(rejected)
+        Ok(finish(KIND, started, rejected))
     }
 }
 
@@ -395,23 +378,20 @@ impl BatchHandler for DetectionsHandler {
             let b: DetectionBatch = match record.decode() {
                 Ok(b) => b,
                 Err(e) => {
-                    rejected.push(reject(KIND, index, "undecodable", e));
+                    rejected.push(reject(index, "undecodable", e));
                     continue;
                 }
             };
-            if let Err(e) = check_vehicle(record, &b.vehicle_id)
-                .and_then(|()| check_time("time_unix_us", b.time_unix_us))
+            if let Err(e) = envelope::check_vehicle(record, &b.vehicle_id)
+                .and_then(|()| envelope::check_time("time_unix_us", b.time_unix_us))
             {
-                rejected.push(reject(KIND, index, "invalid", e));
+                rejected.push(reject(index, "invalid", e));
                 continue;
             }
             valid.push((index, b));
         }
         rejected.extend(isolate(self, &valid).await?);
-        metrics::BATCH_SECONDS
-            .with_label_values(&[KIND])
-            .observe(started.elapsed().as_secs_f64());
-        Ok(rejected)
+        Ok(finish(KIND, started, rejected))
     }
 }
 

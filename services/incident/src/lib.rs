@@ -5,7 +5,7 @@
 //! `fleet.frames.v1`, publishes lifecycle events to `fleet.incidents.v1`
 //! through a transactional outbox, and serves the `IncidentService` gRPC API.
 
-pub mod api;
+pub mod grpc;
 pub mod clips;
 pub mod config;
 pub mod engine;
@@ -146,7 +146,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         engine::refresh_rules(p, r, every, stop)
     });
     fleetwatch_db::supervise(&mut sup, &pool, &readiness);
-    let api = IncidentServiceServer::new(api::Api {
+    let api = IncidentServiceServer::new(grpc::GrpcApi {
         pool: pool.clone(),
         rules,
         published,

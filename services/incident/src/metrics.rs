@@ -4,119 +4,95 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, register_histogram,
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-};
+use fleetwatch_common::metrics;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
-#[allow(clippy::unwrap_used)] // registration of a static metric cannot fail at runtime
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_incident_events_total",
         "Lifecycle events committed to the outbox, by action",
-        &["action"]
+        &["action"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_incident_records_rejected_total",
         "Records sent to the DLQ, by kind and reason (undecodable, invalid)",
-        &["kind", "reason"]
+        &["kind", "reason"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static TRANSIENT_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_incident_transient_failures_total",
         "Batches that failed transiently (database or object store unreachable) and are retried",
-        &["kind"]
+        &["kind"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static BATCH_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
+    metrics::histogram_vec(
         "fleetwatch_incident_batch_seconds",
         "Time to evaluate and commit one consumer batch",
         &["kind"],
         vec![
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0
-        ]
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+        ],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static PUBLISHED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_incident_outbox_published_total",
-        "Outbox events acknowledged by the broker and marked published"
+        "Outbox events acknowledged by the broker and marked published",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static PUBLISH_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_incident_outbox_publish_failures_total",
-        "Outbox rounds that failed (broker or database) and are retried"
+        "Outbox rounds that failed (broker or database) and are retried",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static OUTBOX_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+    metrics::int_gauge(
         "fleetwatch_incident_outbox_pending",
-        "Unpublished outbox events seen in the last round"
+        "Unpublished outbox events seen in the last round",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static COMMIT_TO_PUBLISH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+    metrics::histogram(
         "fleetwatch_incident_commit_to_publish_seconds",
         "Time from an event's commit to the broker's ack",
         vec![
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0
-        ]
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+        ],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static CLIP_FRAMES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_incident_clip_frames_total",
-        "Frames copied into incident evidence clips"
+        "Frames copied into incident evidence clips",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static FRAME_BUFFER_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+    metrics::int_gauge(
         "fleetwatch_incident_frame_buffer_bytes",
-        "Bytes of recent frames buffered for clips"
+        "Bytes of recent frames buffered for clips",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_incident_grpc_requests_total",
         "API requests by method and gRPC status code",
-        &["method", "code"]
+        &["method", "code"],
     )
-    .unwrap()
 });
 
 /// Registers every metric so /metrics lists them from the start.

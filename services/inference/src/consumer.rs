@@ -90,16 +90,7 @@ fn parse(record: &Record) -> Result<Frame, Invalid> {
         reason,
         label: "invalid",
     };
-    if f.vehicle_id.is_empty() {
-        return Err(invalid("vehicle_id is empty".into()));
-    }
-    if record.key_str() != Some(f.vehicle_id.as_str()) {
-        return Err(invalid(format!(
-            "record key {:?} differs from vehicle_id {:?}",
-            record.key_str().unwrap_or("<none>"),
-            f.vehicle_id
-        )));
-    }
+    fleetwatch_kafka::envelope::check_vehicle(record, &f.vehicle_id).map_err(invalid)?;
     if f.time_unix_us <= 0 {
         return Err(invalid(format!(
             "time_unix_us {} is not a time",

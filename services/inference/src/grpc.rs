@@ -15,13 +15,13 @@ use crate::consumer::detection_batch;
 use crate::pipeline::{DetectError, Pipeline, WhenFull};
 use crate::preprocess;
 
-pub struct Service {
+pub struct GrpcApi {
     pub pipeline: Arc<Pipeline>,
     pub producer: Producer,
     pub detections_topic: String,
 }
 
-impl Service {
+impl GrpcApi {
     async fn detect_inner(&self, req: DetectRequest) -> Result<DetectResponse, ApiError> {
         preprocess::check_content_type(&req.content_type)
             .map_err(|e| ApiError::invalid_argument(format!("content_type: {e}")))?;
@@ -96,7 +96,7 @@ impl Service {
 }
 
 #[tonic::async_trait]
-impl InferenceService for Service {
+impl InferenceService for GrpcApi {
     async fn detect(
         &self,
         request: Request<DetectRequest>,

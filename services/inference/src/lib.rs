@@ -106,7 +106,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         });
     }
     // Frames arrive whole in one Detect call.
-    let api = InferenceServiceServer::new(grpc::Service {
+    let api = InferenceServiceServer::new(grpc::GrpcApi {
         pipeline: pipeline.clone(),
         producer,
         detections_topic: config.topics.detections.clone(),

@@ -6,10 +6,9 @@
 use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
+use fleetwatch_common::metrics;
 use prometheus::{
     Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    register_gauge, register_histogram, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
 
 use crate::pipeline::Model;
@@ -18,132 +17,106 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-#[allow(clippy::unwrap_used)] // registration of a static metric cannot fail at runtime
 pub static INFERENCE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
+    metrics::histogram_vec(
         "fleetwatch_inference_latency_seconds",
         "Time the model takes to run one micro-batch",
         &["runtime"],
-        LATENCY_BUCKETS.to_vec()
+        LATENCY_BUCKETS.to_vec(),
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static DECODE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+    metrics::histogram(
         "fleetwatch_inference_decode_seconds",
         "Time to decode and letterbox one JPEG frame",
-        LATENCY_BUCKETS.to_vec()
+        LATENCY_BUCKETS.to_vec(),
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static QUEUE_WAIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+    metrics::histogram(
         "fleetwatch_inference_queue_wait_seconds",
         "Time a decoded frame waits in the queue before its batch runs",
-        LATENCY_BUCKETS.to_vec()
+        LATENCY_BUCKETS.to_vec(),
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static BATCH_SIZE: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+    metrics::histogram(
         "fleetwatch_inference_batch_size",
         "Frames per micro-batch run through the model",
-        vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]
+        vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
+    metrics::int_gauge(
         "fleetwatch_inference_queue_depth",
-        "Decoded frames waiting for the model"
+        "Decoded frames waiting for the model",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static FRAMES_PER_SECOND: LazyLock<Gauge> = LazyLock::new(|| {
-    register_gauge!(
+    metrics::gauge(
         "fleetwatch_inference_frames_per_second",
-        "Frames inferred per second over the last few seconds"
+        "Frames inferred per second over the last few seconds",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static FRAMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_inference_frames_total",
         "Frames run through the model, by result (inferred, failed)",
-        &["result"]
+        &["result"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static SKIPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_inference_frames_skipped_total",
         "Kafka frames not inferred on purpose, by reason (stale: older than pipeline.max_frame_age_ms)",
-        &["reason"]
+        &["reason"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_inference_frames_rejected_total",
         "Kafka frames sent to the DLQ, by reason (undecodable, invalid, image, too_large)",
-        &["reason"]
+        &["reason"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static DETECTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_inference_detections_total",
-        "Detections found (after NMS)"
+        "Detections found (after NMS)",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static MODEL_LOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_inference_model_loads_total",
         "Model loads and switches, by result (ok, error)",
-        &["result"]
+        &["result"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static MODEL_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!(
+    metrics::int_gauge_vec(
         "fleetwatch_inference_model_info",
         "1 for the model in use",
-        &["name", "version", "runtime"]
+        &["name", "version", "runtime"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_inference_grpc_requests_total",
         "gRPC requests by method and status code",
-        &["method", "code"]
+        &["method", "code"],
     )
-    .unwrap()
 });
 
 static CURRENT_MODEL: Mutex<Option<[String; 3]>> = Mutex::new(None);

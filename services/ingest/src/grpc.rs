@@ -25,11 +25,11 @@ const MAX_CHUNKS_IN_FLIGHT: usize = 32;
 
 type ChunkSend = Pin<Box<dyn Future<Output = Result<usize, ProduceError>> + Send>>;
 
-pub struct IngestGrpc {
+pub struct GrpcApi {
     app: Arc<App>,
 }
 
-impl IngestGrpc {
+impl GrpcApi {
     pub fn new(app: Arc<App>) -> Self {
         Self { app }
     }
@@ -60,7 +60,7 @@ fn authorization(metadata: &MetadataMap) -> Option<&str> {
     metadata.get("authorization").and_then(|v| v.to_str().ok())
 }
 
-impl IngestGrpc {
+impl GrpcApi {
     async fn stream(
         &self,
         vehicle_auth: Option<String>,
@@ -165,7 +165,7 @@ impl IngestGrpc {
 }
 
 #[tonic::async_trait]
-impl IngestService for IngestGrpc {
+impl IngestService for GrpcApi {
     async fn stream_telemetry(
         &self,
         request: Request<Streaming<TelemetryChunk>>,

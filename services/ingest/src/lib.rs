@@ -105,7 +105,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .max_frame_bytes
         .max(config.limits.max_json_body_bytes)
         + config::RECORD_HEADROOM_BYTES as usize;
-    let ingest = IngestServiceServer::new(grpc::IngestGrpc::new(app.clone()))
+    let ingest = IngestServiceServer::new(grpc::GrpcApi::new(app.clone()))
         .max_decoding_message_size(max_message);
     let requests = RequestMetrics::with_leading_labels(&metrics::REQUESTS, &["grpc"]);
     sup.serve_grpc(Stage::Intake, grpc_listener, requests.wrap(ingest));

@@ -3,66 +3,55 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, register_int_counter_vec};
+use fleetwatch_common::metrics;
+use prometheus::IntCounterVec;
 
-#[allow(clippy::unwrap_used)] // registration of a static metric cannot fail at runtime
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_ingest_requests_total",
         "Requests by protocol, route (HTTP path template or gRPC method) and status class (2xx, 4xx, 5xx)",
-        &["protocol", "route", "status"]
+        &["protocol", "route", "status"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static POINTS_ACCEPTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_ingest_points_accepted_total",
         "Telemetry points acknowledged by Kafka, by source (http, grpc, mqtt)",
-        &["source"]
+        &["source"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static RECORDS_ACCEPTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_ingest_records_accepted_total",
         "Frames and detection batches acknowledged by Kafka, by kind and source",
-        &["kind", "source"]
+        &["kind", "source"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_ingest_rejections_total",
         "Refused input by source and reason (the error code, e.g. invalid_telemetry, unauthenticated, unavailable)",
-        &["source", "reason"]
+        &["source", "reason"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static MQTT_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_ingest_mqtt_messages_total",
         "MQTT messages by kind (telemetry, detections, unmatched) and outcome (accepted, dlq_unknown_vehicle, dlq_invalid, dropped_stale_session, dlq_failed)",
-        &["kind", "outcome"]
+        &["kind", "outcome"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static MQTT_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_ingest_mqtt_connection_events_total",
         "MQTT connection events: connected, refused (login or client id), error",
-        &["event"]
+        &["event"],
     )
-    .unwrap()
 });
 
 /// `2xx`, `4xx`, ... for a status code.

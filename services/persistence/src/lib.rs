@@ -7,7 +7,7 @@ pub mod config;
 pub mod maintenance;
 pub mod metrics;
 pub use fleetwatch_objectstore as objects;
-pub mod query;
+pub mod grpc;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -99,7 +99,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     });
     fleetwatch_kafka::flush_on_drain(&mut sup, &[&dlq]);
     fleetwatch_db::supervise(&mut sup, &pool, &readiness);
-    let api = PersistenceQueryServer::new(query::QueryService {
+    let api = PersistenceQueryServer::new(grpc::GrpcApi {
         pool: pool.clone(),
         store,
     });

@@ -4,112 +4,90 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, register_histogram, register_histogram_vec,
-    register_int_counter, register_int_counter_vec,
-};
+use fleetwatch_common::metrics;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 
-#[allow(clippy::unwrap_used)] // registration of a static metric cannot fail at runtime
 pub static ROWS_WRITTEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_persistence_rows_written_total",
         "Rows newly inserted (telemetry, detections, frames) or updated (vehicle_latest)",
-        &["table"]
+        &["table"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static ROWS_DUPLICATE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_persistence_rows_duplicate_total",
         "Rows already present (redelivered records or client retries), skipped",
-        &["table"]
+        &["table"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static CONFLICT_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_persistence_telemetry_conflict_retries_total",
-        "Telemetry transactions written again skipping existing rows, after the plain insert met a duplicate (redelivery or client retry)"
+        "Telemetry transactions written again skipping existing rows, after the plain insert met a duplicate (redelivery or client retry)",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_persistence_records_rejected_total",
         "Records sent to the DLQ, by kind and reason (undecodable, invalid, database)",
-        &["kind", "reason"]
+        &["kind", "reason"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static WRITE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_persistence_transient_write_failures_total",
         "Batch writes that failed transiently (database or object store unreachable) and are retried",
-        &["kind"]
+        &["kind"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static WRITE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
+    metrics::histogram_vec(
         "fleetwatch_persistence_write_seconds",
         "Time to write one consumer batch durably",
         &["kind"],
         vec![
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0
-        ]
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+        ],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static INGEST_TO_STORED_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+    metrics::histogram(
         "fleetwatch_persistence_ingest_to_stored_seconds",
         "Time from ingest accepting a telemetry batch to its commit here",
         vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
-        ]
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static OBJECT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_persistence_object_bytes_total",
-        "Frame bytes written to the object store"
+        "Frame bytes written to the object store",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static PARTITIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_persistence_partition_operations_total",
         "Telemetry day partitions ensured (on demand or ahead) and dropped by retention",
-        &["op"]
+        &["op"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_persistence_grpc_requests_total",
         "Query requests by method and gRPC status code",
-        &["method", "code"]
+        &["method", "code"],
     )
-    .unwrap()
 });
 
 /// Registers every metric so /metrics lists them from the start.

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use fleetwatch_kafka::{BatchHandler, Record, Rejection, TransientError};
+use fleetwatch_kafka::{BatchHandler, Record, Rejection, TransientError, envelope};
 
 use crate::metrics;
 
@@ -22,9 +22,6 @@ pub use frames::{FrameItem, FramesWriter, validate_frame};
 pub use partitions::Partitions;
 pub use telemetry::{Point, TelemetryItem, TelemetryWriter, merge_latest, validate_telemetry};
 
-/// Latest accepted sample time: 9999-12-31T23:59:59Z. Later (or negative)
-/// times are clock garbage and would create absurd partitions.
-const MAX_TIME_UNIX_US: i64 = 253_402_300_799_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -162,29 +159,13 @@ fn transient(kind: &str, e: WriteError) -> TransientError {
 }
 
 pub(crate) fn check_vehicle(record: &Record, vehicle_id: &str) -> Result<(), Invalid> {
-    if vehicle_id.is_empty() {
-        return Err(Invalid::new("vehicle_id is empty"));
-    }
-    if !fleetwatch_proto::valid_vehicle_id(vehicle_id) {
-        return Err(Invalid::new(format!(
-            "vehicle_id {vehicle_id:?} is not a valid vehicle id"
-        )));
-    }
-    if record.key_str() != Some(vehicle_id) {
-        return Err(Invalid::new(format!(
-            "record key {:?} differs from vehicle_id {vehicle_id:?}",
-            record.key_str().unwrap_or("<none>")
-        )));
-    }
-    Ok(())
+    envelope::check_vehicle(record, vehicle_id).map_err(Invalid::new)
 }
 
 // The checks take the field name as `impl Display` so the hot path formats
 // nothing: a name is only rendered when a value is rejected.
 pub(crate) fn check_time(what: impl std::fmt::Display, us: i64) -> Result<DateTime<Utc>, Invalid> {
-    if !(0..=MAX_TIME_UNIX_US).contains(&us) {
-        return Err(Invalid::new(format!("{what} {us} is outside 1970..9999")));
-    }
+    envelope::check_time(&what, us).map_err(Invalid::new)?;
     DateTime::from_timestamp_micros(us)
         .ok_or_else(|| Invalid::new(format!("{what} {us} is out of range")))
 }

@@ -80,7 +80,7 @@ impl From<QueryError> for Status {
     }
 }
 
-pub struct QueryService {
+pub struct GrpcApi {
     pub pool: PgPool,
     pub store: Arc<dyn ObjectStore>,
 }
@@ -238,7 +238,7 @@ FROM vals
 GROUP BY bucket, name
 ORDER BY bucket, name";
 
-impl QueryService {
+impl GrpcApi {
     async fn get_latest(&self, req: GetLatestRequest) -> Result<GetLatestResponse, QueryError> {
         if let Some(i) = req.vehicle_ids.iter().position(String::is_empty) {
             return Err(invalid("vehicle_ids", format!("entry {i} is empty")));
@@ -486,7 +486,7 @@ impl QueryService {
 }
 
 #[tonic::async_trait]
-impl PersistenceQuery for QueryService {
+impl PersistenceQuery for GrpcApi {
     async fn get_latest(
         &self,
         r: Request<GetLatestRequest>,

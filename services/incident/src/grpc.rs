@@ -18,7 +18,7 @@ use crate::engine::RulesCache;
 use crate::rules::{Params, Rule};
 use crate::store::{self, OperatorAction, StoreError};
 
-pub struct Api {
+pub struct GrpcApi {
     pub pool: PgPool,
     pub rules: RulesCache,
     pub published: Arc<Notify>,
@@ -124,7 +124,7 @@ fn rule_from_proto(r: Option<&pb::Rule>, need_id: bool) -> Result<Rule, ApiError
     }
 }
 
-impl Api {
+impl GrpcApi {
     async fn incident(&self, row: store::IncidentRow) -> Result<pb::Incident, ApiError> {
         let clips = store::clip_keys(&self.pool, row.id).await.map_err(db)?;
         Ok(row.to_proto(clips))
@@ -146,7 +146,7 @@ impl Api {
 }
 
 #[tonic::async_trait]
-impl IncidentService for Api {
+impl IncidentService for GrpcApi {
     async fn list_incidents(
         &self,
         req: Request<pb::ListIncidentsRequest>,
