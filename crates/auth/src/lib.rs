@@ -15,6 +15,7 @@ mod error;
 pub mod grpc;
 pub mod http;
 mod jwt;
+pub mod metrics;
 pub mod password;
 mod principal;
 pub mod store;

@@ -55,6 +55,7 @@ impl Verifier {
             match lost {
                 None => return,
                 Some(reason) => {
+                    crate::metrics::LISTENER_RECONNECTS.inc();
                     tracing::warn!(reason, "identity change listener lost; reconnecting");
                 }
             }
@@ -73,6 +74,7 @@ impl Verifier {
                     Ok(Some(n)) => {
                         self.caches().invalidate(n.payload());
                         self.inner.invalidations.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::INVALIDATIONS.inc();
                     }
                     Ok(None) => return Some("connection closed".into()),
                     Err(e) => return Some(e.to_string()),

@@ -22,7 +22,7 @@ use crate::api_token::{API_TOKEN_PREFIX, api_token_hash, is_api_token};
 use crate::config::AuthConfig;
 use crate::error::AuthError;
 use crate::store::{self, TokenRow, UserState};
-use crate::{Principal, PrincipalKind, jwt};
+use crate::{Principal, PrincipalKind, jwt, metrics};
 use cache::{Caches, kid_key};
 
 /// Verifies bearer credentials. Cheap to clone (one shared cache); build one
@@ -140,21 +140,35 @@ impl Verifier {
         &self,
         authorization: Option<&str>,
     ) -> Result<Principal, AuthError> {
-        self.verify_token(bearer_token(authorization)?).await
+        match bearer_token(authorization) {
+            Ok(token) => self.verify_token(token).await,
+            Err(e) => {
+                let r = Err(e);
+                metrics::VERIFICATIONS
+                    .with_label_values(&["none", metrics::result_label(&r)])
+                    .inc();
+                r
+            }
+        }
     }
 
     /// Verifies a bare token: an API token (`fwt_...`) or an access token.
     pub async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
-        let result = if token.starts_with(API_TOKEN_PREFIX) {
-            if !is_api_token(token) {
-                return Err(AuthError::Malformed("malformed API token"));
-            }
-            self.verify_api_token(token).await
+        let (kind, result) = if token.starts_with(API_TOKEN_PREFIX) {
+            let r = if is_api_token(token) {
+                self.verify_api_token(token).await
+            } else {
+                Err(AuthError::Malformed("malformed API token"))
+            };
+            ("api", r)
         } else {
-            self.verify_access_token(token).await
+            ("access", self.verify_access_token(token).await)
         };
+        metrics::VERIFICATIONS
+            .with_label_values(&[kind, metrics::result_label(&result)])
+            .inc();
         if let Err(e) = &result {
-            tracing::debug!(reason = %e, "credentials refused");
+            tracing::debug!(reason = %e, kind, "credentials refused");
         }
         result
     }
@@ -164,14 +178,17 @@ impl Verifier {
     }
 
     fn hit(&self) {
+        metrics::LOOKUPS.with_label_values(&["hit"]).inc();
         self.inner.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     fn miss(&self) {
+        metrics::LOOKUPS.with_label_values(&["miss"]).inc();
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     fn refused_from_cache(&self) {
+        metrics::LOOKUPS.with_label_values(&["refused"]).inc();
         self.inner
             .refused_from_cache
             .fetch_add(1, Ordering::Relaxed);

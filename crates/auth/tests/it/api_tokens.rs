@@ -188,6 +188,12 @@ async fn expired_tokens_are_refused() {
 #[tokio::test]
 async fn malformed_and_unknown_tokens_are_refused_without_growing_the_good_cache() {
     let f = Fixture::new().await;
+    let malformed = || {
+        fleetwatch_auth::metrics::VERIFICATIONS
+            .with_label_values(&["api", "malformed"])
+            .get()
+    };
+    let counted = malformed();
     for bad in ["fwt_", "fwt_xyz", &format!("{}0", generate_api_token())] {
         assert!(
             matches!(
@@ -202,6 +208,7 @@ async fn malformed_and_unknown_tokens_are_refused_without_growing_the_good_cache
         0,
         "malformed tokens never reach the database"
     );
+    assert!(malformed() >= counted + 3, "refusals are counted by reason");
 
     let unknown = generate_api_token();
     assert_eq!(
