@@ -4,46 +4,39 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
+use fleetwatch_common::metrics;
+use prometheus::{IntCounter, IntCounterVec};
 
 use crate::error::AuthError;
 
-#[allow(clippy::unwrap_used)] // registration of a static metric cannot fail at runtime
 pub static VERIFICATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_auth_verifications_total",
         "Bearer credentials verified, by kind (access, api, none) and result (ok or the refusal)",
-        &["kind", "result"]
+        &["kind", "result"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+    metrics::int_counter_vec(
         "fleetwatch_auth_cache_total",
         "Verifier cache answers: hit, refused (negative cache) or miss (a database lookup)",
-        &["outcome"]
+        &["outcome"],
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static INVALIDATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_auth_invalidations_total",
-        "Identity-change notifications applied to the verifier caches"
+        "Identity-change notifications applied to the verifier caches",
     )
-    .unwrap()
 });
 
-#[allow(clippy::unwrap_used)]
 pub static LISTENER_RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+    metrics::int_counter(
         "fleetwatch_auth_listener_reconnects_total",
-        "Times the invalidation listener lost its connection (caches start empty after each)"
+        "Times the invalidation listener lost its connection (caches start empty after each)",
     )
-    .unwrap()
 });
 
 /// The `result` label of a verification.
