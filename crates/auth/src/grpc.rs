@@ -6,8 +6,8 @@
 //! [`BearerInterceptor`] sends a service's own token.
 //!
 //! ```ignore
-//! let api = GrpcAuthLayer::new(verifier.clone()).wrap(IncidentServiceServer::new(api));
-//! grpc::serve(listener, RequestMetrics::new(&GRPC_REQUESTS).wrap(api), stop).await
+//! let api = GrpcAuthLayer::new(verifier.clone()).wrap(IncidentServiceServer::new(grpc::GrpcApi { .. }));
+//! sup.serve_grpc(Stage::Servers, listener, RequestMetrics::new(&metrics::GRPC_REQUESTS).wrap(api));
 //!
 //! async fn resolve(&self, request: Request<ResolveRequest>) -> Result<Response<..>, Status> {
 //!     let who = fleetwatch_auth::grpc::require(&request, Role::Operator)?;
