@@ -207,8 +207,12 @@ async fn one_replica_publishes_wakes_on_any_commit_and_hands_over_when_it_dies()
     .await;
     let b_stop = Shutdown::new();
     let b = tokio::spawn(publisher(300).run(b_stop.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(leaders().await, 1, "B follows while A leads");
+    fleetwatch_testkit::stays_for(
+        "B follows while A leads",
+        Duration::from_millis(500),
+        || async { leaders().await == 1 },
+    )
+    .await;
 
     let started = std::time::Instant::now();
     for i in 0..10 {

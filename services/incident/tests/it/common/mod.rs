@@ -186,15 +186,7 @@ impl Harness {
 
     /// Waits until `sql` (a count) returns `n`.
     pub async fn wait_count(&self, what: &str, sql: &str, n: i64) {
-        let pool = self.db.pool.clone();
-        wait_for(what, WAIT, || {
-            let pool = pool.clone();
-            async move {
-                let c: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.ok()?;
-                (c == n).then_some(())
-            }
-        })
-        .await;
+        fleetwatch_testkit::wait_count(&self.db.pool, what, sql, n, WAIT).await;
     }
 
     /// Waits until the consumer group `<prefix>-<suffix>` committed offsets

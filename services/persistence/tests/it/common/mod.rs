@@ -11,7 +11,7 @@ use fleetwatch_proto::message_types;
 use fleetwatch_proto::v1::persistence_query_client::PersistenceQueryClient;
 use fleetwatch_proto::v1::{DetectionBatch, Frame, TelemetryBatch, TelemetryPoint};
 use fleetwatch_testkit::{
-    TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix, wait_for,
+    TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix,
 };
 use prost::Message;
 use tonic::transport::Channel;
@@ -137,24 +137,11 @@ impl Harness {
 
     /// Waits until `sql` (a count) returns `n`.
     pub async fn wait_count(&self, what: &str, sql: &str, n: i64) {
-        let pool = self.db.pool.clone();
-        wait_for(what, WAIT, || {
-            let pool = pool.clone();
-            async move {
-                let c: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.ok()?;
-                (c == n).then_some(())
-            }
-        })
-        .await;
+        fleetwatch_testkit::wait_count(&self.db.pool, what, sql, n, WAIT).await;
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.running.admin_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        fleetwatch_testkit::scrape_metrics(self.running.admin_addr).await
     }
 
     pub fn group(&self, suffix: &str) -> String {
@@ -171,17 +158,7 @@ impl Harness {
     }
 }
 
-/// The value of the sample of `name` whose labels contain `labels`, or 0.
-pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-                && l.contains(labels)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+pub use fleetwatch_testkit::metric;
 
 /// Now, rounded down to the second, minus `secs_ago` seconds, in µs.
 pub fn time_ago(secs_ago: i64) -> i64 {
