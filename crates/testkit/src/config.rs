@@ -19,3 +19,42 @@ where
     std::fs::write(&path, toml).unwrap();
     fleetwatch_common::config::load_config(service, Some(&path))
 }
+
+/// Every configuration key of `config` (dotted paths of its leaf fields, as
+/// `FLEETWATCH_<SERVICE>__A__B` spells them with `__`) that none of `docs`
+/// names in backquotes. A key counts as named by its full path
+/// (`` `writer.max_rows_per_statement` ``) or by a `` `section.*` ``
+/// wildcard of a prefix (`` `kafka.consumer.*` ``).
+pub fn undocumented_keys<T: serde::Serialize>(config: &T, docs: &[&str]) -> Vec<String> {
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&p, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut keys = Vec::new();
+    leaves("", &serde_json::to_value(config).unwrap(), &mut keys);
+    keys.into_iter()
+        .filter(|key| {
+            let mut prefixes = Vec::new();
+            let mut at = 0;
+            while let Some(i) = key[at..].find('.') {
+                prefixes.push(&key[..at + i]);
+                at += i + 1;
+            }
+            !docs.iter().any(|d| {
+                d.contains(&format!("`{key}`"))
+                    || prefixes.iter().any(|p| d.contains(&format!("`{p}.*`")))
+            })
+        })
+        .collect()
+}

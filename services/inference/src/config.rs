@@ -272,3 +272,21 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod documented {
+    #[test]
+    fn every_key_is_documented() {
+        let missing = fleetwatch_testkit::undocumented_keys(
+            &super::Config::default(),
+            &[
+                include_str!("../README.md"),
+                include_str!("../../../docs/configuration.md"),
+            ],
+        );
+        assert!(
+            missing.is_empty(),
+            "keys missing from services/inference/README.md (or docs/configuration.md for the shared sections): {missing:?}"
+        );
+    }
+}

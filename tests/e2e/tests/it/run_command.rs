@@ -189,6 +189,17 @@ async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
         // The first round creates the database cluster, formats Kafka's log
         // and (re)checks the build; the binaries are already built.
         let ready = up.wait_ready(Duration::from_secs(300)).await;
+        // The first admin: created and shown by the first round only.
+        let creds = std::fs::read_to_string(state.join("admin-credentials")).unwrap();
+        let password = creds.lines().nth(1).unwrap();
+        assert!(password.len() >= 16, "a generated password: {creds:?}");
+        let shown = format!("first admin   admin / {password}");
+        assert_eq!(up.output().contains(&shown), round == 1, "{}", up.output());
+        let mode = std::fs::metadata(state.join("admin-credentials"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "credentials readable by others: {mode:o}");
         if round == 1 {
             let out = fleetctl(&db_url, &["vehicles", "add", "curl-01", "--kind", "drone"]);
             token = out.lines().last().unwrap().trim().to_string();
