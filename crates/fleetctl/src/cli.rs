@@ -88,9 +88,11 @@ pub struct IncidentsArgs {
         default_value = "http://127.0.0.1:50054"
     )]
     pub incident_grpc_url: String,
-    /// Who acts, recorded in the audit trail.
-    #[arg(long, env = "USER", default_value = "fleetctl")]
-    pub actor: String,
+    /// Your API token (`fleetctl tokens create --user <you> --name cli`) or
+    /// access token: the incident service records its owner in the audit
+    /// trail. Listing needs a viewer, ack/resolve an operator.
+    #[arg(long, env = "FLEETWATCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: IncidentsCommand,
 }
@@ -252,6 +254,10 @@ pub struct SimulateArgs {
         default_value = "http://127.0.0.1:50054"
     )]
     pub incident_grpc_url: String,
+    /// An admin's API token, for the incidents scenario's rules
+    /// (`fleetctl tokens create --user admin --name demo`).
+    #[arg(long, env = "FLEETWATCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Number of simulated vehicles.
     #[arg(long, default_value_t = 5)]
     pub vehicles: usize,

@@ -52,15 +52,14 @@ fn grpc_error(e: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
-    let mut c = IncidentServiceClient::connect(args.incident_grpc_url.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the incident service at {}",
-                args.incident_grpc_url
-            )
-        })?;
-    let actor = args.actor.clone();
+    let Some(token) = args.token.as_deref() else {
+        anyhow::bail!(
+            "the incident service needs your token: pass --token or set FLEETWATCH_TOKEN (create one with `fleetctl tokens create --user <you> --name cli`)"
+        );
+    };
+    let mut c = incident_client(&args.incident_grpc_url, token).await?;
+    // The service records the token's owner; no name of our own.
+    let actor = String::new();
     match args.command {
         IncidentsCommand::List {
             vehicle,
@@ -93,7 +92,7 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
             let i = c
                 .acknowledge_incident(pb::IncidentActionRequest {
                     incident_id: id,
-                    actor,
+                    actor: actor.clone(),
                     note: note.unwrap_or_default(),
                 })
                 .await
@@ -105,7 +104,7 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
             let i = c
                 .resolve_incident(pb::IncidentActionRequest {
                     incident_id: id,
-                    actor,
+                    actor: actor.clone(),
                     note: note.unwrap_or_default(),
                 })
                 .await
@@ -115,4 +114,34 @@ pub async fn run(args: IncidentsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends `authorization: Bearer <token>` with every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+pub type IncidentClient = IncidentServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A client of the incident service calling with `token`.
+pub async fn incident_client(url: &str, token: &str) -> anyhow::Result<IncidentClient> {
+    let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the token contains characters no token has; check --token / FLEETWATCH_TOKEN"))?;
+    value.set_sensitive(true);
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .with_context(|| format!("{url} is not a URL"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the incident service at {url}"))?;
+    Ok(IncidentServiceClient::with_interceptor(channel, Bearer(value)))
 }

@@ -1,6 +1,7 @@
 //! The incident service's configuration (`FLEETWATCH_INCIDENT__...`).
 
 
+use fleetwatch_auth::AuthConfig;
 use fleetwatch_common::config::Validate;
 use fleetwatch_common::grpc::GrpcConfig;
 use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
@@ -27,6 +28,9 @@ pub struct Config {
     pub database: DbConfig,
     /// gRPC API server.
     pub grpc: GrpcConfig,
+    /// Who may call: every call carries an operator's access token or an API
+    /// token (`Authorization: Bearer ...`), verified against `database`.
+    pub auth: AuthConfig,
     /// Where evidence clips are stored (the same store persistence writes frames to).
     pub object_store: ObjectStoreConfig,
     /// Rule evaluation.
@@ -54,6 +58,7 @@ impl Default for Config {
             topics: TopicNames::default(),
             database: DbConfig::default(),
             grpc: GrpcConfig::on_port(50054),
+            auth: AuthConfig::default(),
             object_store: ObjectStoreConfig::default(),
             engine: EngineConfig::default(),
             evidence: EvidenceConfig::default(),
@@ -142,6 +147,7 @@ impl Validate for Config {
         }
         errs.extend(self.topics.validate());
         errs.extend(self.database.validate());
+        errs.extend(self.auth.validate());
         errs.extend(self.object_store.validate());
         if self.engine.rules_refresh_ms == 0 {
             errs.push("engine.rules_refresh_ms: must be at least 1".into());

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use fleetwatch_auth::grpc::require;
+use fleetwatch_auth::{Principal, Role};
 use fleetwatch_common::error::{ApiError, ErrorCode};
 use fleetwatch_proto::v1 as pb;
 use fleetwatch_proto::v1::incident_service_server::IncidentService;
@@ -58,17 +60,21 @@ fn need_id(field: &str, id: i64) -> Result<i64, ApiError> {
     Ok(id)
 }
 
-fn need_actor(actor: &str) -> Result<&str, ApiError> {
-    let a = actor.trim();
-    if a.is_empty() {
-        return Err(ApiError::invalid_argument(
-            "actor: must name who acts (a user name)",
+/// The name audit rows carry: the verified caller's. The request's `actor`
+/// may be left empty; when given it must be the caller's own name, so no one
+/// acts in someone else's name.
+fn actor_of(who: &Principal, claimed: &str) -> Result<String, ApiError> {
+    let claimed = claimed.trim();
+    if !claimed.is_empty() && claimed != who.name && claimed != who.actor() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "actor: {claimed:?} is not the caller ({}); leave it empty, the caller's identity is recorded",
+                who.actor()
+            ),
         ));
     }
-    if a.len() > 128 {
-        return Err(ApiError::invalid_argument("actor: at most 128 characters"));
-    }
-    Ok(a)
+    Ok(who.actor())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -151,6 +157,7 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        require(&req, Role::Viewer)?;
         let r = async {
             let q = req.into_inner();
             if q.limit > 1000 {
@@ -219,6 +226,7 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::IncidentDetail>, Status> {
+        require(&req, Role::Viewer)?;
         let r = async {
             let id = need_id("id", req.into_inner().id)?;
             let row = store::get(&self.pool, id)
@@ -239,13 +247,14 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::IncidentActionRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
+        let who = require(&req, Role::Operator)?;
         let q = req.into_inner();
         let r = async {
             let id = need_id("incident_id", q.incident_id)?;
-            let actor = need_actor(&q.actor)?;
+            let actor = actor_of(&who, &q.actor)?;
             self.act(
                 id,
-                actor,
+                &actor,
                 OperatorAction::Acknowledge {
                     note: q.note.clone(),
                 },
@@ -260,10 +269,11 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::AssignIncidentRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
+        let who = require(&req, Role::Operator)?;
         let q = req.into_inner();
         let r = async {
             let id = need_id("incident_id", q.incident_id)?;
-            let actor = need_actor(&q.actor)?;
+            let actor = actor_of(&who, &q.actor)?;
             if q.assignee.len() > 128 {
                 return Err(ApiError::invalid_argument(
                     "assignee: at most 128 characters",
@@ -271,7 +281,7 @@ impl IncidentService for GrpcApi {
             }
             self.act(
                 id,
-                actor,
+                &actor,
                 OperatorAction::Assign {
                     assignee: q.assignee.trim().to_string(),
                 },
@@ -286,10 +296,11 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::CommentIncidentRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
+        let who = require(&req, Role::Operator)?;
         let q = req.into_inner();
         let r = async {
             let id = need_id("incident_id", q.incident_id)?;
-            let actor = need_actor(&q.actor)?;
+            let actor = actor_of(&who, &q.actor)?;
             if q.text.trim().is_empty() {
                 return Err(ApiError::invalid_argument("text: must not be empty"));
             }
@@ -298,7 +309,7 @@ impl IncidentService for GrpcApi {
             }
             self.act(
                 id,
-                actor,
+                &actor,
                 OperatorAction::Comment {
                     text: q.text.clone(),
                 },
@@ -313,13 +324,14 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::IncidentActionRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
+        let who = require(&req, Role::Operator)?;
         let q = req.into_inner();
         let r = async {
             let id = need_id("incident_id", q.incident_id)?;
-            let actor = need_actor(&q.actor)?;
+            let actor = actor_of(&who, &q.actor)?;
             self.act(
                 id,
-                actor,
+                &actor,
                 OperatorAction::Resolve {
                     note: q.note.clone(),
                 },
@@ -334,6 +346,7 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::ListRulesRequest>,
     ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        require(&req, Role::Viewer)?;
         let q = req.into_inner();
         let r = async {
             let rules = store::load_rules(&self.pool).await.map_err(db)?;
@@ -358,6 +371,7 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::CreateRuleRequest>,
     ) -> Result<Response<pb::Rule>, Status> {
+        let who = require(&req, Role::Admin)?;
         let q = req.into_inner();
         let r = async {
             let rule = rule_from_proto(q.rule.as_ref(), false)?;
@@ -365,6 +379,7 @@ impl IncidentService for GrpcApi {
                 .await
                 .map_err(status)?;
             self.rules_changed().await;
+            tracing::info!(actor = %who.actor(), rule = created.id, "rule created");
             Ok(created.to_proto())
         }
         .await;
@@ -375,6 +390,7 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::UpdateRuleRequest>,
     ) -> Result<Response<pb::Rule>, Status> {
+        let who = require(&req, Role::Admin)?;
         let q = req.into_inner();
         let r = async {
             let rule = rule_from_proto(q.rule.as_ref(), true)?;
@@ -382,6 +398,7 @@ impl IncidentService for GrpcApi {
                 .await
                 .map_err(status)?;
             self.rules_changed().await;
+            tracing::info!(actor = %who.actor(), rule = updated.id, "rule updated");
             Ok(updated.to_proto())
         }
         .await;
@@ -392,6 +409,7 @@ impl IncidentService for GrpcApi {
         &self,
         req: Request<pb::DisableRuleRequest>,
     ) -> Result<Response<pb::Rule>, Status> {
+        let who = require(&req, Role::Admin)?;
         let q = req.into_inner();
         let r = async {
             if q.id <= 0 {
@@ -401,6 +419,7 @@ impl IncidentService for GrpcApi {
                 .await
                 .map_err(status)?;
             self.rules_changed().await;
+            tracing::info!(actor = %who.actor(), rule = rule.id, "rule disabled");
             Ok(rule.to_proto())
         }
         .await;

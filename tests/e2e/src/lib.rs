@@ -243,6 +243,36 @@ impl Stack {
         token
     }
 
+    /// An API token of an admin (created on first use), for the operator
+    /// APIs: the incident service refuses calls without one.
+    pub async fn admin_token(&self) -> String {
+        use fleetwatch_auth::store;
+        if store::find_user(&self.db.pool, "e2e-admin").await.unwrap().is_none() {
+            store::create_user(
+                &self.db.pool,
+                "e2e-admin",
+                "correct horse battery staple",
+                fleetwatch_auth::Role::Admin,
+                "e2e",
+            )
+            .await
+            .unwrap();
+        }
+        let (_, token) = store::create_api_token(
+            &self.db.pool,
+            &store::NewApiToken {
+                owner: store::TokenOwner::User("e2e-admin".into()),
+                name: "e2e".into(),
+                role: None,
+                expires_at: None,
+            },
+            "e2e",
+        )
+        .await
+        .unwrap();
+        token
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.db.pool)

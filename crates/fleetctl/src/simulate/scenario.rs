@@ -22,7 +22,6 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use fleetwatch_proto::v1 as pb;
-use fleetwatch_proto::v1::incident_service_client::IncidentServiceClient;
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpClient;
@@ -110,10 +109,18 @@ fn rules(prefix: &str, center: (f64, f64)) -> Vec<pb::Rule> {
 }
 
 /// Creates the scenario's rules, or resets them to this definition.
-async fn ensure_rules(url: &str, prefix: &str, center: (f64, f64)) -> anyhow::Result<()> {
-    let mut c = IncidentServiceClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the incident service at {url}"))?;
+async fn ensure_rules(
+    url: &str,
+    token: Option<&str>,
+    prefix: &str,
+    center: (f64, f64),
+) -> anyhow::Result<()> {
+    let Some(token) = token else {
+        anyhow::bail!(
+            "the incidents scenario creates its rules through the incident service, as an admin: pass --token or set FLEETWATCH_TOKEN (create one with `fleetctl tokens create --user admin --name demo`)"
+        );
+    };
+    let mut c = crate::incidents::incident_client(url, token).await?;
     let existing = c
         .list_rules(pb::ListRulesRequest {
             vehicle_id: String::new(),
@@ -149,7 +156,13 @@ pub async fn run(
     tokens: &BTreeMap<String, String>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let ids = vehicle_ids(&args.prefix);
-    ensure_rules(&args.incident_grpc_url, &args.prefix, args.center).await?;
+    ensure_rules(
+        &args.incident_grpc_url,
+        args.token.as_deref(),
+        &args.prefix,
+        args.center,
+    )
+    .await?;
     let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
     let http = Arc::new(HttpClient::new(

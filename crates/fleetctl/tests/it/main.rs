@@ -4,6 +4,7 @@
 
 mod common;
 
+mod incidents;
 mod migrate;
 mod simulate;
 mod tail;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common::*;
+use fleetwatch_auth::Role;
 use fleetwatch_proto::v1::{self as pb, IncidentEventType, IncidentStatus};
 use tonic::Code;
 
@@ -30,17 +31,20 @@ async fn lifecycle_is_audited_published_and_guarded() {
         .await;
     let id = h.scalar("SELECT id FROM incidents").await;
     let mut c = h.client().await;
+    // Two operators, each signed in: the audit names the verified caller.
+    let mut alice = h.client_as("alice", Role::Operator).await;
+    let mut bob = h.client_as("bob", Role::Operator).await;
 
-    let inc = c
+    let inc = alice
         .acknowledge_incident(act(id, "alice"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(inc.status, IncidentStatus::Acknowledged as i32);
     assert_eq!(inc.acknowledged_by, "alice");
-    let e = c.acknowledge_incident(act(id, "alice")).await.unwrap_err();
+    let e = alice.acknowledge_incident(act(id, "alice")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let inc = c
+    let inc = alice
         .assign_incident(pb::AssignIncidentRequest {
             incident_id: id,
             actor: "alice".into(),
@@ -50,14 +54,14 @@ async fn lifecycle_is_audited_published_and_guarded() {
         .unwrap()
         .into_inner();
     assert_eq!(inc.assigned_to, "bob");
-    c.comment_incident(pb::CommentIncidentRequest {
+    bob.comment_incident(pb::CommentIncidentRequest {
         incident_id: id,
         actor: "bob".into(),
         text: "worker told to wear a helmet".into(),
     })
     .await
     .unwrap();
-    let inc = c
+    let inc = bob
         .resolve_incident(act(id, "bob"))
         .await
         .unwrap()
@@ -67,12 +71,12 @@ async fn lifecycle_is_audited_published_and_guarded() {
     assert!(inc.retain_until_unix_us > fleetwatch_common::now_unix_us() + 80 * 86_400_000_000);
 
     // Illegal transitions on a resolved incident.
-    let e = c.resolve_incident(act(id, "bob")).await.unwrap_err();
+    let e = bob.resolve_incident(act(id, "bob")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("already resolved"), "{}", e.message());
-    let e = c.acknowledge_incident(act(id, "bob")).await.unwrap_err();
+    let e = bob.acknowledge_incident(act(id, "bob")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = c
+    let e = bob
         .assign_incident(pb::AssignIncidentRequest {
             incident_id: id,
             actor: "bob".into(),
@@ -158,18 +162,19 @@ async fn lifecycle_is_audited_published_and_guarded() {
 async fn errors_map_to_grpc_codes_naming_the_field() {
     let h = Harness::start("").await;
     let mut c = h.client().await;
-    let e = c.acknowledge_incident(act(999, "alice")).await.unwrap_err();
+    let e = c.acknowledge_incident(act(999, "")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = c.resolve_incident(act(0, "alice")).await.unwrap_err();
+    let e = c.resolve_incident(act(0, "")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("incident_id"));
-    let e = c.acknowledge_incident(act(1, " ")).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("actor"));
+    // The actor is the verified caller: another name is refused, naming the field.
+    let e = c.acknowledge_incident(act(1, "mallory")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().starts_with("actor:"), "{}", e.message());
     let e = c
         .comment_incident(pb::CommentIncidentRequest {
             incident_id: 1,
-            actor: "a".into(),
+            actor: String::new(),
             text: String::new(),
         })
         .await

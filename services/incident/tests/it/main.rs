@@ -5,6 +5,7 @@
 mod common;
 
 mod api;
+mod auth;
 mod grouping;
 mod outbox;
 mod process;

@@ -71,27 +71,52 @@ async fn events_committed_while_the_broker_is_down_are_published_after() {
     let id = count("SELECT id FROM incidents").await;
 
     broker.kill();
-    let mut c = pb::incident_service_client::IncidentServiceClient::connect(format!(
-        "http://{}",
-        running.grpc_addr
-    ))
+    // An operator's API token (automation acting for them).
+    fleetwatch_auth::store::create_user(
+        &db.pool,
+        "alice",
+        "correct horse battery staple",
+        fleetwatch_auth::Role::Operator,
+        "test",
+    )
     .await
     .unwrap();
-    let act = |actor: &str| pb::IncidentActionRequest {
+    let (_, token) = fleetwatch_auth::store::create_api_token(
+        &db.pool,
+        &fleetwatch_auth::store::NewApiToken {
+            owner: fleetwatch_auth::store::TokenOwner::User("alice".into()),
+            name: "outbox test".into(),
+            role: None,
+            expires_at: None,
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", running.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::incident_service_client::IncidentServiceClient::with_interceptor(
+        channel,
+        Bearer(Some(token)),
+    );
+    let act = || pb::IncidentActionRequest {
         incident_id: id,
-        actor: actor.into(),
+        actor: String::new(),
         note: String::new(),
     };
     // Acknowledged to the operator while the broker is down.
-    c.acknowledge_incident(act("alice")).await.unwrap();
+    c.acknowledge_incident(act()).await.unwrap();
     c.assign_incident(pb::AssignIncidentRequest {
         incident_id: id,
-        actor: "alice".into(),
+        actor: String::new(),
         assignee: "bob".into(),
     })
     .await
     .unwrap();
-    c.resolve_incident(act("bob")).await.unwrap();
+    c.resolve_incident(act()).await.unwrap();
     assert_eq!(
         count("SELECT count(*) FROM incident_outbox WHERE published_at IS NULL").await,
         3,

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use fleetwatch_e2e::Stack;
 use fleetwatch_proto::v1 as pb;
-use fleetwatch_proto::v1::incident_service_client::IncidentServiceClient;
 use fleetwatch_testkit as tk;
 
 #[tokio::test]
@@ -18,7 +17,9 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
     let mut stack = Stack::start(&bootstrap).await;
     stack.start_incident().await;
     let tokens = tempfile::tempdir().unwrap();
+    let admin = stack.admin_token().await;
     let out = tokio::task::spawn_blocking({
+        let admin = admin.clone();
         let db = stack.db.url.clone();
         let http = stack.http("");
         let incident = stack.incident_url();
@@ -28,6 +29,7 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
                 .args(["--database-url", &db, "simulate", "--scenario", "incidents"])
                 .args(["--register", "--prefix", "e2einc", "--ingest-url", &http])
                 .args(["--incident-grpc-url", &incident])
+                .env("FLEETWATCH_TOKEN", &admin)
                 .arg("--tokens-file")
                 .arg(&tokens_file)
                 .output()
@@ -51,7 +53,7 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
             Duration::from_secs(60),
         )
         .await;
-    let mut c = IncidentServiceClient::connect(stack.incident_url())
+    let mut c = fleetctl::incidents::incident_client(&stack.incident_url(), &admin)
         .await
         .unwrap();
     let list = c
@@ -122,10 +124,12 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
         .id;
     let fleetctl = |args: Vec<String>| {
         let url = stack.incident_url();
+        let admin = admin.clone();
         async move {
             tokio::task::spawn_blocking(move || {
                 Command::new(tk::binary("fleetctl"))
-                    .args(["incidents", "--incident-grpc-url", &url, "--actor", "e2e"])
+                    .args(["incidents", "--incident-grpc-url", &url])
+                    .env("FLEETWATCH_TOKEN", &admin)
                     .args(&args)
                     .output()
                     .unwrap()
@@ -159,7 +163,7 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
     // Resolve through the API; the audit trail records it.
     c.resolve_incident(pb::IncidentActionRequest {
         incident_id: id,
-        actor: "e2e".into(),
+        actor: String::new(),
         note: "checked".into(),
     })
     .await
@@ -171,6 +175,8 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
         .into_inner();
     let actions: Vec<&str> = d.audit.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(actions, ["opened", "resolved"]);
+    // The verified caller, never a name the request chose.
+    assert!(d.audit[1].actor.starts_with("e2e-admin [token "), "{:?}", d.audit[1]);
     let events = tk::read_topic(
         &bootstrap,
         &stack.topics.incidents,

@@ -19,7 +19,8 @@ pub async fn fleetctl(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("FLEETWATCH_DATABASE_URL")
         .env_remove("FLEETWATCH_KAFKA_BOOTSTRAP")
         .env_remove("FLEETWATCH_MQTT_PASSWORD_FILE")
-        .env_remove("FLEETWATCH_MQTT_PID_FILE");
+        .env_remove("FLEETWATCH_MQTT_PID_FILE")
+        .env_remove("FLEETWATCH_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }

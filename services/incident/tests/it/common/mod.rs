@@ -15,8 +15,26 @@ use fleetwatch_proto::v1::{
 use fleetwatch_testkit::{
     TestDb, fresh_topics, kafka_config, read_topic, shared_bootstrap, unique_suffix, wait_for,
 };
+use fleetwatch_auth::{Role, SigningKey, TokenIssuer};
 use prost::Message;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A client sending `authorization: Bearer <token>` (or nothing) with every call.
+pub type Client = IncidentServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(r)
+    }
+}
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -72,6 +90,8 @@ pub struct Harness {
     pub producer: Producer,
     pub config: Config,
     pub instance: Option<Instance>,
+    /// Signs operators' access tokens with a key registered in `db`.
+    pub issuer: TokenIssuer,
 }
 
 impl Harness {
@@ -98,6 +118,11 @@ impl Harness {
             &format!("fwi-{}", unique_suffix()),
         );
         let producer = Producer::new(&kafka_config(&bootstrap, ""), "incident-test").unwrap();
+        let key = SigningKey::generate();
+        fleetwatch_auth::store::register_signing_key(&db.pool, &key.public_key(), "test")
+            .await
+            .unwrap();
+        let issuer = TokenIssuer::new(key, &config.auth).unwrap();
         Self {
             bootstrap,
             topics,
@@ -106,6 +131,7 @@ impl Harness {
             producer,
             config,
             instance: None,
+            issuer,
         }
     }
 
@@ -171,10 +197,45 @@ impl Harness {
         .await;
     }
 
-    pub async fn client(&self) -> IncidentServiceClient<Channel> {
-        IncidentServiceClient::connect(format!("http://{}", self.running().grpc_addr))
+    /// A client signed in as the admin `admin`.
+    pub async fn client(&self) -> Client {
+        self.client_as("admin", Role::Admin).await
+    }
+
+    /// A client signed in as `user` (created with `role` on first use).
+    pub async fn client_as(&self, user: &str, role: Role) -> Client {
+        let token = self.access_token(user, role).await;
+        self.client_with(Some(token)).await
+    }
+
+    /// An access token of `user` (created with `role` on first use).
+    pub async fn access_token(&self, user: &str, role: Role) -> String {
+        let u = match fleetwatch_auth::store::find_user(&self.db.pool, user)
             .await
             .unwrap()
+        {
+            Some(u) => u,
+            None => fleetwatch_auth::store::create_user(
+                &self.db.pool,
+                user,
+                "correct horse battery staple",
+                role,
+                "test",
+            )
+            .await
+            .unwrap(),
+        };
+        self.issuer.issue(&u).unwrap().token
+    }
+
+    /// A client sending `token` as it is (or no credentials at all).
+    pub async fn client_with(&self, token: Option<String>) -> Client {
+        let channel = Channel::from_shared(format!("http://{}", self.running().grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        IncidentServiceClient::with_interceptor(channel, Bearer(token))
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
