@@ -6,6 +6,9 @@
 //! A task that ends before it was asked to is a failure whatever it returns:
 //! a gRPC server or admin task that quietly returned leaves a half-alive pod
 //! that still looks healthy to its consumers' group.
+//!
+//! Size: about 430 lines of code and 230 of tests of the drain order, the
+//! grace cut-off and the second signal, kept beside what they test.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -100,3 +100,40 @@ impl Drop for ServiceProcess {
         self.kill9();
     }
 }
+
+/// Stops a service started in-process (`start(config, shutdown)`): cancels
+/// `shutdown` and waits for its supervisor, which must drain cleanly within
+/// 30 s (a drain error or a task that failed fails the test).
+pub async fn stop_service(
+    shutdown: &fleetwatch_common::Shutdown,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("the service did not stop within 30 s")
+        .expect("the service task panicked")
+        .expect("the service's drain failed");
+}
+
+/// Produces `message` (a v1 protobuf value) to `topic` keyed `key`, with the
+/// message-type header, as a service would; panics if Kafka refuses it.
+pub async fn send_proto<M: prost::Message>(
+    producer: &fleetwatch_kafka::Producer,
+    topic: &str,
+    key: &str,
+    message: &M,
+    message_type: &str,
+) {
+    producer
+        .send(fleetwatch_kafka::OutRecord {
+            topic,
+            key,
+            payload: &message.encode_to_vec(),
+            message_type,
+            traceparent: None,
+            extra_headers: &[],
+        })
+        .await
+        .unwrap();
+}

@@ -4,6 +4,11 @@
 //!
 //! Evaluation is keyed on sample times: a sample not newer than the state's
 //! `last_point_us` is ignored, so redelivered records change nothing.
+//!
+//! Size: one section per rule kind (threshold, geofence, link loss,
+//! detection) with its parameters, validation and evaluation, ~610 lines,
+//! then ~300 lines of their unit tests; a file per kind would scatter the
+//! shared state machine (trigger, hold, clear) they all follow.
 
 use fleetwatch_proto::v1 as pb;
 use serde::{Deserialize, Serialize};

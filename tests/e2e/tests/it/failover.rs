@@ -3,6 +3,7 @@
 //! partition leader is SIGKILLed, or all three brokers are restarted one by
 //! one; every point that got a 2xx ends up in Postgres exactly once, the log
 //! holds no duplicate, and persistence's consumer group catches up on its own.
+//! Size: two long scenarios sharing the cluster, load and check helpers.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use fleetwatch_auth::{Role, SigningKey, TokenIssuer};
 use fleetwatch_common::Shutdown;
 use fleetwatch_incident::{Config, Running};
 use fleetwatch_kafka::{OutRecord, Producer, TopicNames};
@@ -13,9 +14,9 @@ use fleetwatch_proto::v1::{
     BoundingBox, Detection, DetectionBatch, Frame, IncidentEvent, TelemetryBatch, TelemetryPoint,
 };
 use fleetwatch_testkit::{
-    TestDb, fresh_topics, kafka_config, read_topic, shared_bootstrap, unique_suffix, wait_for,
+    TestDb, fresh_topics, kafka_config, read_topic, send_proto, shared_bootstrap, unique_suffix,
+    wait_for,
 };
-use fleetwatch_auth::{Role, SigningKey, TokenIssuer};
 use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -73,12 +74,7 @@ pub struct Instance {
 
 impl Instance {
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.running.handle)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        fleetwatch_testkit::stop_service(&self.shutdown, self.running.handle).await;
     }
 }
 
@@ -153,6 +149,7 @@ impl Harness {
         &self.instance.as_ref().unwrap().running
     }
 
+    /// Raw bytes (poison records).
     pub async fn send(&self, topic: &str, key: &str, payload: &[u8], message_type: &str) {
         self.producer
             .send(OutRecord {
@@ -168,30 +165,35 @@ impl Harness {
     }
 
     pub async fn send_telemetry(&self, b: &TelemetryBatch) {
-        self.send(
-            &self.topics.telemetry,
+        let t = &self.topics.telemetry;
+        send_proto(
+            &self.producer,
+            t,
             &b.vehicle_id,
-            &b.encode_to_vec(),
+            b,
             message_types::TELEMETRY_BATCH,
         )
         .await;
     }
 
     pub async fn send_detections(&self, b: &DetectionBatch) {
-        self.send(
-            &self.topics.detections,
+        let t = &self.topics.detections;
+        send_proto(
+            &self.producer,
+            t,
             &b.vehicle_id,
-            &b.encode_to_vec(),
+            b,
             message_types::DETECTION_BATCH,
         )
         .await;
     }
 
     pub async fn send_frame(&self, f: &Frame) {
-        self.send(
+        send_proto(
+            &self.producer,
             &self.topics.frames,
             &f.vehicle_id,
-            &f.encode_to_vec(),
+            f,
             message_types::FRAME,
         )
         .await;

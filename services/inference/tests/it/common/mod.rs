@@ -179,12 +179,7 @@ impl Harness {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.running.handle)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        fleetwatch_testkit::stop_service(&self.shutdown, self.running.handle).await;
     }
 }
 

@@ -149,12 +149,7 @@ impl Harness {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.running.handle)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        fleetwatch_testkit::stop_service(&self.shutdown, self.running.handle).await;
     }
 }
 
