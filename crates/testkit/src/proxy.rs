@@ -81,3 +81,27 @@ pub async fn grpc_health(addr: std::net::SocketAddr, service: &str) -> ServingSt
         .status;
     ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown)
 }
+
+/// A gRPC client interceptor sending `authorization: Bearer <token>` with
+/// every call, or no credentials at all (`None`), for tests of who may call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(r)
+    }
+}
+
+/// A channel to a gRPC server at `addr`, for `Client::with_interceptor`.
+pub async fn grpc_channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

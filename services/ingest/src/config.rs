@@ -205,6 +205,10 @@ pub struct PersistenceConfig {
     pub grpc_url: String,
     /// Timeout of one query, connection included.
     pub timeout_ms: u64,
+    /// File holding ingest's service token (`fwt_...`, role viewer:
+    /// `fleetctl tokens create --service ingest --name ingest --role viewer`),
+    /// sent with every query; persistence refuses queries without one.
+    pub service_token_file: Option<PathBuf>,
 }
 
 impl Default for PersistenceConfig {
@@ -212,6 +216,7 @@ impl Default for PersistenceConfig {
         Self {
             grpc_url: "http://127.0.0.1:50052".into(),
             timeout_ms: 3_000,
+            service_token_file: None,
         }
     }
 }

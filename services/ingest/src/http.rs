@@ -326,6 +326,10 @@ async fn latest(app: &App, headers: &HeaderMap) -> Result<Value, IngestError> {
                 tonic::Code::NotFound => {
                     IngestError::NotFound(format!("no telemetry for {vehicle} yet"))
                 }
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    tracing::error!(error = %s.message(), "persistence refuses ingest's queries: set persistence.service_token_file to a service token of role viewer (fleetctl tokens create --service ingest --name ingest --role viewer)");
+                    unavailable("the latest-state query is not available".into())
+                }
                 _ => unavailable(format!("persistence is unavailable: {}", s.message())),
             }
         })?;

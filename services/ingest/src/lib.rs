@@ -37,7 +37,7 @@ pub struct App {
     pub auth: auth::Authenticator,
     pub sink: sink::Sink,
     pub limits: config::LimitsConfig,
-    pub persistence: PersistenceQueryClient<Channel>,
+    pub persistence: PersistenceClient,
 }
 
 /// A started ingest: where it listens, and the task that ends after shutdown.
@@ -64,6 +64,17 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .context("vehicle registry database")?;
     let producer =
         Producer::new(&config.kafka, CLIENT_ID).context("creating the kafka producer")?;
+    // Read before binding anything: a missing or malformed file is a config error.
+    let token = match &config.persistence.service_token_file {
+        Some(path) => Some(fleetwatch_auth::grpc::BearerInterceptor::new(
+            &fleetwatch_auth::ServiceToken::from_file(path)
+                .context("persistence.service_token_file")?,
+        )),
+        None => {
+            tracing::warn!("persistence.service_token_file is not set: GET /api/latest answers 503 until it is (persistence refuses queries without a token)");
+            None
+        }
+    };
     let timeout = Duration::from_millis(config.persistence.timeout_ms);
     let channel = Endpoint::from_shared(config.persistence.grpc_url.clone())
         .context("persistence.grpc_url")?
@@ -79,7 +90,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             config.limits.retry_after_secs,
         ),
         limits: config.limits.clone(),
-        persistence: PersistenceQueryClient::new(channel),
+        persistence: PersistenceQueryClient::with_interceptor(channel, ServiceCredentials(token)),
     });
 
     let readiness = Readiness::default();
@@ -148,4 +159,22 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let running = start(config, shutdown).await?;
     running.handle.await.context("ingest task")?
+}
+
+/// The persistence client ingest queries `/api/latest` with.
+pub type PersistenceClient = PersistenceQueryClient<
+    tonic::service::interceptor::InterceptedService<Channel, ServiceCredentials>,
+>;
+
+/// Ingest's service token on every query to persistence, when configured.
+#[derive(Clone)]
+pub struct ServiceCredentials(Option<fleetwatch_auth::grpc::BearerInterceptor>);
+
+impl tonic::service::Interceptor for ServiceCredentials {
+    fn call(&mut self, r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match &mut self.0 {
+            Some(b) => b.call(r),
+            None => Ok(r),
+        }
+    }
 }

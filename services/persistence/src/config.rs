@@ -1,6 +1,7 @@
 //! The persistence service's configuration (`FLEETWATCH_PERSISTENCE__...`).
 
 
+use fleetwatch_auth::AuthConfig;
 use fleetwatch_common::config::Validate;
 use fleetwatch_common::grpc::GrpcConfig;
 use fleetwatch_common::{AdminConfig, LogConfig, ShutdownConfig};
@@ -27,6 +28,9 @@ pub struct Config {
     pub database: DbConfig,
     /// gRPC query server.
     pub grpc: GrpcConfig,
+    /// Who may query: every call carries an API token (ingest's service
+    /// token, automation) or an operator's access token, role viewer or above.
+    pub auth: AuthConfig,
     /// Where frame bytes are stored.
     pub object_store: ObjectStoreConfig,
     /// Telemetry partition upkeep and retention.
@@ -49,6 +53,7 @@ impl Default for Config {
             topics: TopicNames::default(),
             database: DbConfig::default(),
             grpc: GrpcConfig::on_port(50052),
+            auth: AuthConfig::default(),
             object_store: ObjectStoreConfig::default(),
             retention: RetentionConfig::default(),
             writer: WriterConfig::default(),
@@ -110,6 +115,7 @@ impl Validate for Config {
         }
         errs.extend(self.topics.validate());
         errs.extend(self.database.validate());
+        errs.extend(self.auth.validate());
         errs.extend(self.object_store.validate());
         if self.retention.telemetry_days == 0 {
             errs.push("retention.telemetry_days: must be at least 1".into());

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use fleetwatch_auth::Role;
+use fleetwatch_auth::grpc::require;
 use fleetwatch_common::error::{ApiError, ErrorCode};
 use fleetwatch_proto::v1::persistence_query_server::PersistenceQuery;
 use fleetwatch_proto::v1::{
@@ -485,12 +487,14 @@ impl GrpcApi {
     }
 }
 
+// Every query is a read: viewer or above (ingest's service token is one).
 #[tonic::async_trait]
 impl PersistenceQuery for GrpcApi {
     async fn get_latest(
         &self,
         r: Request<GetLatestRequest>,
     ) -> Result<Response<GetLatestResponse>, Status> {
+        require(&r, Role::Viewer)?;
         finish(self.get_latest(r.into_inner()).await)
     }
 
@@ -498,6 +502,7 @@ impl PersistenceQuery for GrpcApi {
         &self,
         r: Request<TelemetryRangeRequest>,
     ) -> Result<Response<TelemetryRangeResponse>, Status> {
+        require(&r, Role::Viewer)?;
         finish(self.query_telemetry(r.into_inner()).await)
     }
 
@@ -505,6 +510,7 @@ impl PersistenceQuery for GrpcApi {
         &self,
         r: Request<TelemetryBucketsRequest>,
     ) -> Result<Response<TelemetryBucketsResponse>, Status> {
+        require(&r, Role::Viewer)?;
         finish(self.query_buckets(r.into_inner()).await)
     }
 
@@ -512,6 +518,7 @@ impl PersistenceQuery for GrpcApi {
         &self,
         r: Request<DetectionsRequest>,
     ) -> Result<Response<DetectionsResponse>, Status> {
+        require(&r, Role::Viewer)?;
         finish(self.query_detections(r.into_inner()).await)
     }
 
@@ -519,6 +526,7 @@ impl PersistenceQuery for GrpcApi {
         &self,
         r: Request<FramesRequest>,
     ) -> Result<Response<FramesResponse>, Status> {
+        require(&r, Role::Viewer)?;
         finish(self.query_frames(r.into_inner()).await)
     }
 
@@ -526,6 +534,7 @@ impl PersistenceQuery for GrpcApi {
         &self,
         r: Request<GetObjectRequest>,
     ) -> Result<Response<GetObjectResponse>, Status> {
+        require(&r, Role::Viewer)?;
         finish(self.get_object(r.into_inner()).await)
     }
 }

@@ -162,6 +162,21 @@ impl Stack {
     }
 
     pub async fn start_ingest(&mut self) {
+        // Ingest's service identity for its queries to persistence.
+        let (_, token) = fleetwatch_auth::store::create_api_token(
+            &self.db.pool,
+            &fleetwatch_auth::store::NewApiToken {
+                owner: fleetwatch_auth::store::TokenOwner::Service("ingest".into()),
+                name: format!("e2e-{}", tk::unique_suffix()),
+                role: Some(fleetwatch_auth::Role::Viewer),
+                expires_at: None,
+            },
+            "e2e",
+        )
+        .await
+        .unwrap();
+        let token_file = std::env::temp_dir().join(format!("fleetwatch-e2e-{}.token", tk::unique_suffix()));
+        std::fs::write(&token_file, token).unwrap();
         let mut env = self.common_env("ingest");
         let p = "FLEETWATCH_INGEST__";
         let m = &self.mqtt;
@@ -181,6 +196,10 @@ impl Stack {
             (
                 format!("{p}PERSISTENCE__GRPC_URL"),
                 format!("http://127.0.0.1:{}", self.persistence_grpc),
+            ),
+            (
+                format!("{p}PERSISTENCE__SERVICE_TOKEN_FILE"),
+                token_file.display().to_string(),
             ),
             (format!("{p}MQTT__HOST"), m.host()),
             (format!("{p}MQTT__PORT"), m.port().to_string()),

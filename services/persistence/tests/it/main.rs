@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod maintenance;
 mod process;
 mod queries;

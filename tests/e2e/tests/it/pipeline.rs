@@ -159,11 +159,13 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
         "latest should be the newest point: {text}"
     );
 
-    // And through the persistence query API.
-    let mut q =
-        PersistenceQueryClient::connect(format!("http://127.0.0.1:{}", stack.persistence_grpc))
-            .await
-            .unwrap();
+    // And through the persistence query API, as an operator's automation.
+    let token = stack.admin_token().await;
+    let addr = format!("127.0.0.1:{}", stack.persistence_grpc).parse().unwrap();
+    let mut q = PersistenceQueryClient::with_interceptor(
+        tk::grpc_channel(addr).await,
+        tk::Bearer(Some(token)),
+    );
     let range = q
         .query_telemetry(TelemetryRangeRequest {
             vehicle_id: "e2e-1".into(),

@@ -176,11 +176,28 @@ async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
     // able to reach their directories inside.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state = dir.path().join("state");
-    let ports = Ports {
-        kafka: tk::free_port(),
-        pg: tk::free_port(),
-        mqtt: tk::free_port(),
+    // Kafka's controller listens on the next port: both must be free, and
+    // neither may be one of the others.
+    let kafka = loop {
+        let p = tk::free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
     };
+    let other = || loop {
+        let p = tk::free_port();
+        if p != kafka && p != kafka + 1 {
+            break p;
+        }
+    };
+    let pg = other();
+    let mqtt = loop {
+        let p = other();
+        if p != pg {
+            break p;
+        }
+    };
+    let ports = Ports { kafka, pg, mqtt };
     let db_url = format!("postgres://postgres@127.0.0.1:{}/fleetwatch", ports.pg);
     let mut token = String::new();
 

@@ -24,18 +24,7 @@ use tonic::transport::Channel;
 /// A client sending `authorization: Bearer <token>` (or nothing) with every call.
 pub type Client = IncidentServiceClient<InterceptedService<Channel, Bearer>>;
 
-#[derive(Clone)]
-pub struct Bearer(pub Option<String>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        Ok(r)
-    }
-}
+pub use fleetwatch_testkit::Bearer;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -232,11 +221,7 @@ impl Harness {
 
     /// A client sending `token` as it is (or no credentials at all).
     pub async fn client_with(&self, token: Option<String>) -> Client {
-        let channel = Channel::from_shared(format!("http://{}", self.running().grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = fleetwatch_testkit::grpc_channel(self.running().grpc_addr).await;
         IncidentServiceClient::with_interceptor(channel, Bearer(token))
     }
 

@@ -9,6 +9,11 @@ use fleetwatch_kafka::{OutRecord, Producer, TopicNames};
 use fleetwatch_persistence::{Config, Running};
 use fleetwatch_proto::message_types;
 use fleetwatch_proto::v1::persistence_query_client::PersistenceQueryClient;
+
+/// A query client with credentials (see [`Harness::client_with`]).
+pub type Client = PersistenceQueryClient<
+    tonic::service::interceptor::InterceptedService<Channel, fleetwatch_testkit::Bearer>,
+>;
 use fleetwatch_proto::v1::{DetectionBatch, Frame, TelemetryBatch, TelemetryPoint};
 use fleetwatch_testkit::{
     TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix,
@@ -122,10 +127,33 @@ impl Harness {
         .await;
     }
 
-    pub async fn client(&self) -> PersistenceQueryClient<Channel> {
-        PersistenceQueryClient::connect(format!("http://{}", self.running.grpc_addr))
-            .await
-            .unwrap()
+    /// A client calling with a viewer's service token, as ingest does.
+    pub async fn client(&self) -> Client {
+        let token = self.service_token("tests").await;
+        self.client_with(Some(token)).await
+    }
+
+    /// A new service token of `service`, role viewer.
+    pub async fn service_token(&self, service: &str) -> String {
+        let (_, token) = fleetwatch_auth::store::create_api_token(
+            &self.db.pool,
+            &fleetwatch_auth::store::NewApiToken {
+                owner: fleetwatch_auth::store::TokenOwner::Service(service.into()),
+                name: "tests".into(),
+                role: Some(fleetwatch_auth::Role::Viewer),
+                expires_at: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+        token
+    }
+
+    /// A client sending `token` as it is (or no credentials at all).
+    pub async fn client_with(&self, token: Option<String>) -> Client {
+        let channel = fleetwatch_testkit::grpc_channel(self.running.grpc_addr).await;
+        PersistenceQueryClient::with_interceptor(channel, fleetwatch_testkit::Bearer(token))
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
