@@ -250,10 +250,14 @@ pub fn supervise(sup: &mut Supervisor, pool: &PgPool, readiness: &Readiness) {
         watch_readiness(p, database, stop)
     });
     let p = pool.clone();
-    sup.on_drain(Stage::Pools, "close the database pool", move |_| async move {
-        p.close().await;
-        Ok(())
-    });
+    sup.on_drain(
+        Stage::Pools,
+        "close the database pool",
+        move |_| async move {
+            p.close().await;
+            Ok(())
+        },
+    );
 }
 
 /// Keeps `readiness` true while the database answers a ping (each second,

@@ -134,14 +134,19 @@ pub type IncidentClient = IncidentServiceClient<
 /// A client of the incident service calling with `token`.
 pub async fn incident_client(url: &str, token: &str) -> anyhow::Result<IncidentClient> {
     let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-        format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the token contains characters no token has; check --token / FLEETWATCH_TOKEN"))?;
+        format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            anyhow::anyhow!(
+                "the token contains characters no token has; check --token / FLEETWATCH_TOKEN"
+            )
+        })?;
     value.set_sensitive(true);
     let channel = tonic::transport::Channel::from_shared(url.to_string())
         .with_context(|| format!("{url} is not a URL"))?
         .connect()
         .await
         .with_context(|| format!("cannot reach the incident service at {url}"))?;
-    Ok(IncidentServiceClient::with_interceptor(channel, Bearer(value)))
+    Ok(IncidentServiceClient::with_interceptor(
+        channel,
+        Bearer(value),
+    ))
 }

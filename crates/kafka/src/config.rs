@@ -421,7 +421,9 @@ impl TopicNames {
             if name.is_empty() {
                 errs.push(format!("topics.{field}: must not be empty"));
             } else if name.len() > 249 {
-                errs.push(format!("topics.{field}: longer than Kafka's 249 characters"));
+                errs.push(format!(
+                    "topics.{field}: longer than Kafka's 249 characters"
+                ));
             } else if !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
@@ -478,10 +480,13 @@ mod tests {
             .insert("sasl.mechanism".into(), Secret::from("SCRAM-SHA-512"));
         let errs = c.validate();
         assert_eq!(errs.len(), 4, "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("kafka.properties.acks: refused")));
-        assert!(errs
-            .iter()
-            .any(|e| e.starts_with("kafka.properties.linger.ms: refused: set kafka.producer.linger_ms")));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("kafka.properties.acks: refused"))
+        );
+        assert!(errs.iter().any(|e| {
+            e.starts_with("kafka.properties.linger.ms: refused: set kafka.producer.linger_ms")
+        }));
         assert!(!errs.iter().any(|e| e.contains("sasl.mechanism")));
     }
 

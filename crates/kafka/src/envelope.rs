@@ -60,8 +60,15 @@ mod tests {
     #[test]
     fn vehicles() {
         assert!(check_vehicle(&keyed("drone-1"), "drone-1").is_ok());
-        assert_eq!(check_vehicle(&keyed(""), "").unwrap_err(), "vehicle_id is empty");
-        assert!(check_vehicle(&keyed("a/b"), "a/b").unwrap_err().contains("not a valid"));
+        assert_eq!(
+            check_vehicle(&keyed(""), "").unwrap_err(),
+            "vehicle_id is empty"
+        );
+        assert!(
+            check_vehicle(&keyed("a/b"), "a/b")
+                .unwrap_err()
+                .contains("not a valid")
+        );
         assert_eq!(
             check_vehicle(&keyed("drone-2"), "drone-1").unwrap_err(),
             "record key \"drone-2\" differs from vehicle_id \"drone-1\""

@@ -9,8 +9,8 @@
 pub mod admin;
 pub mod config;
 pub mod consumer;
-pub mod envelope;
 mod context;
+pub mod envelope;
 pub mod headers;
 mod metrics;
 pub mod producer;

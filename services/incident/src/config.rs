@@ -1,6 +1,5 @@
 //! The incident service's configuration (`FLEETWATCH_INCIDENT__...`).
 
-
 use fleetwatch_auth::AuthConfig;
 use fleetwatch_common::config::Validate;
 use fleetwatch_common::grpc::GrpcConfig;

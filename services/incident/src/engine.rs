@@ -22,7 +22,6 @@ use crate::metrics;
 use crate::rules::{self, Params, Rule, State, Transition};
 use crate::store::{self, ClipWindow, StateKey};
 
-
 /// The rules, reloaded from the database periodically and after API changes.
 #[derive(Clone, Default)]
 pub struct RulesCache(Arc<RwLock<Arc<Vec<Rule>>>>);
@@ -151,7 +150,11 @@ fn reject(index: usize, label: &'static str, reason: String) -> (Rejection, &'st
     (Rejection { index, reason }, label)
 }
 
-fn finish(kind: &str, started: Instant, rejected: Vec<(Rejection, &'static str)>) -> Vec<Rejection> {
+fn finish(
+    kind: &str,
+    started: Instant,
+    rejected: Vec<(Rejection, &'static str)>,
+) -> Vec<Rejection> {
     for (_, label) in &rejected {
         metrics::REJECTED.with_label_values(&[kind, label]).inc();
     }

@@ -5,10 +5,10 @@
 //! `fleet.frames.v1`, publishes lifecycle events to `fleet.incidents.v1`
 //! through a transactional outbox, and serves the `IncidentService` gRPC API.
 
-pub mod grpc;
 pub mod clips;
 pub mod config;
 pub mod engine;
+pub mod grpc;
 pub mod metrics;
 pub mod outbox;
 pub mod rules;
@@ -156,7 +156,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // are counted too (the counter is outside).
     let verifier = fleetwatch_auth::Verifier::new(pool.clone(), &config.auth);
     let v = verifier.clone();
-    sup.spawn(Stage::Servers, "auth invalidation", move |stop| v.listen(stop));
+    sup.spawn(Stage::Servers, "auth invalidation", move |stop| {
+        v.listen(stop)
+    });
     let api = fleetwatch_auth::grpc::GrpcAuthLayer::new(verifier).wrap(api);
     let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
     sup.serve_grpc(Stage::Servers, listener, requests.wrap(api));

@@ -71,7 +71,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
                 .context("persistence.service_token_file")?,
         )),
         None => {
-            tracing::warn!("persistence.service_token_file is not set: GET /api/latest answers 503 until it is (persistence refuses queries without a token)");
+            tracing::warn!(
+                "persistence.service_token_file is not set: GET /api/latest answers 503 until it is (persistence refuses queries without a token)"
+            );
             None
         }
     };

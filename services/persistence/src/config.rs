@@ -1,6 +1,5 @@
 //! The persistence service's configuration (`FLEETWATCH_PERSISTENCE__...`).
 
-
 use fleetwatch_auth::AuthConfig;
 use fleetwatch_common::config::Validate;
 use fleetwatch_common::grpc::GrpcConfig;

@@ -106,7 +106,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // Every query is verified before its message is decoded.
     let verifier = fleetwatch_auth::Verifier::new(pool.clone(), &config.auth);
     let v = verifier.clone();
-    sup.spawn(Stage::Servers, "auth invalidation", move |stop| v.listen(stop));
+    sup.spawn(Stage::Servers, "auth invalidation", move |stop| {
+        v.listen(stop)
+    });
     let api = fleetwatch_auth::grpc::GrpcAuthLayer::new(verifier).wrap(api);
     let requests = RequestMetrics::new(&metrics::GRPC_REQUESTS);
     sup.serve_grpc(Stage::Servers, listener, requests.wrap(api));

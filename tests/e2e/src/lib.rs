@@ -175,7 +175,8 @@ impl Stack {
         )
         .await
         .unwrap();
-        let token_file = std::env::temp_dir().join(format!("fleetwatch-e2e-{}.token", tk::unique_suffix()));
+        let token_file =
+            std::env::temp_dir().join(format!("fleetwatch-e2e-{}.token", tk::unique_suffix()));
         std::fs::write(&token_file, token).unwrap();
         let mut env = self.common_env("ingest");
         let p = "FLEETWATCH_INGEST__";
@@ -266,7 +267,11 @@ impl Stack {
     /// APIs: the incident service refuses calls without one.
     pub async fn admin_token(&self) -> String {
         use fleetwatch_auth::store;
-        if store::find_user(&self.db.pool, "e2e-admin").await.unwrap().is_none() {
+        if store::find_user(&self.db.pool, "e2e-admin")
+            .await
+            .unwrap()
+            .is_none()
+        {
             store::create_user(
                 &self.db.pool,
                 "e2e-admin",

@@ -7,7 +7,12 @@ use crate::common::{fleetctl, stderr};
 #[tokio::test]
 async fn incidents_without_a_token_say_how_to_get_one() {
     let out = fleetctl(
-        &["incidents", "--incident-grpc-url", "http://127.0.0.1:9", "list"],
+        &[
+            "incidents",
+            "--incident-grpc-url",
+            "http://127.0.0.1:9",
+            "list",
+        ],
         &[],
     )
     .await;

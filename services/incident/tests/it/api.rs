@@ -42,7 +42,10 @@ async fn lifecycle_is_audited_published_and_guarded() {
         .into_inner();
     assert_eq!(inc.status, IncidentStatus::Acknowledged as i32);
     assert_eq!(inc.acknowledged_by, "alice");
-    let e = alice.acknowledge_incident(act(id, "alice")).await.unwrap_err();
+    let e = alice
+        .acknowledge_incident(act(id, "alice"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let inc = alice
         .assign_incident(pb::AssignIncidentRequest {

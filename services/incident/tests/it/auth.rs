@@ -30,9 +30,18 @@ async fn call(c: &mut Client, method: &str) -> Code {
         ..Default::default()
     };
     let r = match method {
-        "ListIncidents" => c.list_incidents(pb::ListIncidentsRequest::default()).await.map(drop),
-        "GetIncident" => c.get_incident(pb::GetIncidentRequest { id: 999 }).await.map(drop),
-        "ListRules" => c.list_rules(pb::ListRulesRequest::default()).await.map(drop),
+        "ListIncidents" => c
+            .list_incidents(pb::ListIncidentsRequest::default())
+            .await
+            .map(drop),
+        "GetIncident" => c
+            .get_incident(pb::GetIncidentRequest { id: 999 })
+            .await
+            .map(drop),
+        "ListRules" => c
+            .list_rules(pb::ListRulesRequest::default())
+            .await
+            .map(drop),
         "AcknowledgeIncident" => c.acknowledge_incident(act).await.map(drop),
         "ResolveIncident" => c.resolve_incident(act).await.map(drop),
         "AssignIncident" => c
@@ -50,8 +59,14 @@ async fn call(c: &mut Client, method: &str) -> Code {
             })
             .await
             .map(drop),
-        "CreateRule" => c.create_rule(pb::CreateRuleRequest::default()).await.map(drop),
-        "UpdateRule" => c.update_rule(pb::UpdateRuleRequest::default()).await.map(drop),
+        "CreateRule" => c
+            .create_rule(pb::CreateRuleRequest::default())
+            .await
+            .map(drop),
+        "UpdateRule" => c
+            .update_rule(pb::UpdateRuleRequest::default())
+            .await
+            .map(drop),
         "DisableRule" => c
             .disable_rule(pb::DisableRuleRequest { id: 999 })
             .await
@@ -67,7 +82,9 @@ async fn call(c: &mut Client, method: &str) -> Code {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_refuses_callers_without_a_valid_token() {
     let h = Harness::start("").await;
-    let admin = fleetwatch_auth::store::find_user(&h.db.pool, "admin").await.unwrap();
+    let admin = fleetwatch_auth::store::find_user(&h.db.pool, "admin")
+        .await
+        .unwrap();
     assert!(admin.is_none());
     let good = h.access_token("admin", Role::Admin).await;
     let user = fleetwatch_auth::store::find_user(&h.db.pool, "admin")
@@ -181,7 +198,8 @@ async fn a_refused_viewer_changes_nothing() {
         1
     );
     assert_eq!(
-        h.scalar("SELECT count(*) FROM incident_rules WHERE enabled").await,
+        h.scalar("SELECT count(*) FROM incident_rules WHERE enabled")
+            .await,
         1
     );
     // It may still read.

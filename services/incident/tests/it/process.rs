@@ -27,7 +27,10 @@ fn env(h: &Harness) -> Vec<(String, String)> {
             "OBJECT_STORE__URL",
             format!("file://{}", h.objects.path().display()),
         ),
-        ("KAFKA__CONSUMER__GROUP_ID", h.config.kafka.consumer.group_id.clone()),
+        (
+            "KAFKA__CONSUMER__GROUP_ID",
+            h.config.kafka.consumer.group_id.clone(),
+        ),
         ("GRPC__LISTEN", format!("127.0.0.1:{}", free_port())),
         ("ADMIN__LISTEN", format!("127.0.0.1:{}", free_port())),
     ];

@@ -22,7 +22,6 @@ pub use frames::{FrameItem, FramesWriter, validate_frame};
 pub use partitions::Partitions;
 pub use telemetry::{Point, TelemetryItem, TelemetryWriter, merge_latest, validate_telemetry};
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("database: {0}")]

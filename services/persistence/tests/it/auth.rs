@@ -18,7 +18,10 @@ const METHODS: &[&str] = &[
 
 async fn call(c: &mut Client, method: &str) -> Code {
     let r = match method {
-        "GetLatest" => c.get_latest(pb::GetLatestRequest::default()).await.map(drop),
+        "GetLatest" => c
+            .get_latest(pb::GetLatestRequest::default())
+            .await
+            .map(drop),
         "QueryTelemetry" => c
             .query_telemetry(pb::TelemetryRangeRequest::default())
             .await
@@ -32,7 +35,10 @@ async fn call(c: &mut Client, method: &str) -> Code {
             .await
             .map(drop),
         "QueryFrames" => c.query_frames(pb::FramesRequest::default()).await.map(drop),
-        "GetObject" => c.get_object(pb::GetObjectRequest::default()).await.map(drop),
+        "GetObject" => c
+            .get_object(pb::GetObjectRequest::default())
+            .await
+            .map(drop),
         other => panic!("no such method {other}"),
     };
     match r {
@@ -48,11 +54,18 @@ async fn every_query_needs_a_valid_token() {
         ("no token", None),
         ("garbage", Some("not-a-token".to_string())),
         ("unknown API token", Some(format!("fwt_{}", "0".repeat(64)))),
-        ("a JWT signed by no known key", Some("eyJhbGciOiJFZERTQSIsImtpZCI6Ingi.e30.AAAA".to_string())),
+        (
+            "a JWT signed by no known key",
+            Some("eyJhbGciOiJFZERTQSIsImtpZCI6Ingi.e30.AAAA".to_string()),
+        ),
     ] {
         let mut c = h.client_with(token).await;
         for m in METHODS {
-            assert_eq!(call(&mut c, m).await, Code::Unauthenticated, "{m} with {what}");
+            assert_eq!(
+                call(&mut c, m).await,
+                Code::Unauthenticated,
+                "{m} with {what}"
+            );
         }
     }
     let token = h.service_token("ingest").await;

@@ -80,7 +80,10 @@ async fn sigkill_mid_stream_loses_and_duplicates_nothing() {
         ),
         ("GRPC__LISTEN", "127.0.0.1:0".into()),
         ("ADMIN__LISTEN", "127.0.0.1:0".into()),
-        ("KAFKA__CONSUMER__GROUP_ID", format!("crash-{}", unique_suffix())),
+        (
+            "KAFKA__CONSUMER__GROUP_ID",
+            format!("crash-{}", unique_suffix()),
+        ),
         ("LOG__LEVEL", "warn".into()),
     ]);
     let count = || async {

@@ -176,7 +176,11 @@ async fn incidents_scenario_raises_exactly_the_expected_incidents_with_evidence(
     let actions: Vec<&str> = d.audit.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(actions, ["opened", "resolved"]);
     // The verified caller, never a name the request chose.
-    assert!(d.audit[1].actor.starts_with("e2e-admin [token "), "{:?}", d.audit[1]);
+    assert!(
+        d.audit[1].actor.starts_with("e2e-admin [token "),
+        "{:?}",
+        d.audit[1]
+    );
     let events = tk::read_topic(
         &bootstrap,
         &stack.topics.incidents,

@@ -161,7 +161,9 @@ async fn each_protocol_lands_exactly_once_and_is_queryable() {
 
     // And through the persistence query API, as an operator's automation.
     let token = stack.admin_token().await;
-    let addr = format!("127.0.0.1:{}", stack.persistence_grpc).parse().unwrap();
+    let addr = format!("127.0.0.1:{}", stack.persistence_grpc)
+        .parse()
+        .unwrap();
     let mut q = PersistenceQueryClient::with_interceptor(
         tk::grpc_channel(addr).await,
         tk::Bearer(Some(token)),

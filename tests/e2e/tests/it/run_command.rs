@@ -219,9 +219,10 @@ async fn scripts_up_serves_a_curl_point_and_stops_on_ctrl_c_twice() {
         assert_eq!(mode & 0o077, 0, "credentials readable by others: {mode:o}");
         // The admin's API token for the printed commands works on the incident API.
         let admin_token = std::fs::read_to_string(state.join("admin-token")).unwrap();
-        let mut c = fleetctl::incidents::incident_client("http://127.0.0.1:50054", admin_token.trim())
-            .await
-            .unwrap();
+        let mut c =
+            fleetctl::incidents::incident_client("http://127.0.0.1:50054", admin_token.trim())
+                .await
+                .unwrap();
         c.list_incidents(fleetwatch_proto::v1::ListIncidentsRequest::default())
             .await
             .unwrap();

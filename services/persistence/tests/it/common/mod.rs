@@ -15,9 +15,7 @@ pub type Client = PersistenceQueryClient<
     tonic::service::interceptor::InterceptedService<Channel, fleetwatch_testkit::Bearer>,
 >;
 use fleetwatch_proto::v1::{DetectionBatch, Frame, TelemetryBatch, TelemetryPoint};
-use fleetwatch_testkit::{
-    TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix,
-};
+use fleetwatch_testkit::{TestDb, fresh_topics, kafka_config, shared_bootstrap, unique_suffix};
 use prost::Message;
 use tonic::transport::Channel;
 
