@@ -58,3 +58,19 @@ pub fn undocumented_keys<T: serde::Serialize>(config: &T, docs: &[&str]) -> Vec<
         })
         .collect()
 }
+
+/// Fails the test naming every key of `config` that neither the service's
+/// README (in `manifest_dir`, its `CARGO_MANIFEST_DIR`) nor
+/// `docs/configuration.md` (the shared sections) names.
+pub fn assert_config_documented<T: serde::Serialize>(config: &T, manifest_dir: &str) {
+    let dir = std::path::Path::new(manifest_dir);
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let shared =
+        std::fs::read_to_string(crate::workspace_root().join("docs/configuration.md")).unwrap();
+    let missing = undocumented_keys(config, &[&readme, &shared]);
+    assert!(
+        missing.is_empty(),
+        "keys missing from {}/README.md (or docs/configuration.md for the shared sections): {missing:?}",
+        dir.display()
+    );
+}

@@ -457,16 +457,9 @@ mod tests {
 mod documented {
     #[test]
     fn every_key_is_documented() {
-        let missing = fleetwatch_testkit::undocumented_keys(
+        fleetwatch_testkit::assert_config_documented(
             &super::Config::default(),
-            &[
-                include_str!("../README.md"),
-                include_str!("../../../docs/configuration.md"),
-            ],
-        );
-        assert!(
-            missing.is_empty(),
-            "keys missing from services/ingest/README.md (or docs/configuration.md for the shared sections): {missing:?}"
+            env!("CARGO_MANIFEST_DIR"),
         );
     }
 }
